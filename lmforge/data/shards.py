@@ -30,10 +30,7 @@ SHARD_TOKENS = 1 << 27  # 128M tokens (256 MB as uint16) per file
 
 def fingerprint(tokenizer) -> str:
     """The tokenizer's content hash (the same vocab and merges give the same string)."""
-    fp = getattr(tokenizer, "fingerprint", None)
-    if fp is None:
-        fp = getattr(tokenizer, "hash")
-    return fp() if callable(fp) else str(fp)
+    return tokenizer.fingerprint
 
 
 def dtype_for(vocab_size: int) -> np.dtype:
@@ -83,6 +80,20 @@ def _encode_all(tokenizer, docs: list[str], num_workers: int | None) -> list[lis
     return [tokenizer.encode(d) for d in docs]
 
 
+def _write_split(folder: Path, split: str, docs_ids, eos: int, dtype) -> list[dict]:
+    """Write `split-NNNNN.bin` files of at most ~SHARD_TOKENS tokens; EOS after each doc."""
+    files, buf, buffered = [], [], 0
+    for k, ids in enumerate(docs_ids):
+        buf.append(np.asarray(list(ids) + [eos], dtype=np.int64))
+        buffered += len(buf[-1])
+        if buffered >= SHARD_TOKENS or (k == len(docs_ids) - 1):
+            name = f"{split}-{len(files):05d}.bin"
+            np.concatenate(buf).astype(dtype).tofile(folder / name)
+            files.append({"file": name, "tokens": buffered})
+            buf, buffered = [], 0
+    return files
+
+
 def write_shards(
     docs: list[str],
     tokenizer,
@@ -113,26 +124,11 @@ def write_shards(
     }
     with atomic_dir(out_dir) as tmp:
         for split, split_docs in (("train", train_docs), ("val", val_docs)):
-            files, n_tokens, shard, buf, buffered = [], 0, 0, [], 0
-
-            def flush():
-                nonlocal shard, buf, buffered
-                if not buf:
-                    return
-                name = f"{split}-{shard:05d}.bin"
-                np.concatenate(buf).astype(dtype).tofile(tmp / name)
-                files.append({"file": name, "tokens": buffered})
-                shard, buf, buffered = shard + 1, [], 0
-
-            for ids in _encode_all(tokenizer, split_docs, num_workers):
-                arr = np.asarray(ids + [eos], dtype=np.int64)
-                buf.append(arr)
-                buffered += len(arr)
-                n_tokens += len(arr)
-                if buffered >= SHARD_TOKENS:
-                    flush()
-            flush()
-            meta["splits"][split] = {"files": files, "tokens": n_tokens, "docs": len(split_docs)}
+            ids = _encode_all(tokenizer, split_docs, num_workers)
+            files = _write_split(tmp, split, ids, eos, dtype)
+            meta["splits"][split] = {
+                "files": files, "tokens": sum(f["tokens"] for f in files), "docs": len(ids)
+            }
         (tmp / META).write_text(json.dumps(meta, indent=2))
     return meta
 

@@ -1,0 +1,95 @@
+"""The CLI as a user meets it: real subprocesses, exit codes, one-line errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lmforge(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "lmforge", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=600,
+    )
+
+
+def assert_one_line_error(r, *fragments):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_datasets_lists_every_builtin():
+    r = lmforge("datasets")
+    assert r.returncode == 0, r.stderr
+    for name in ("shakespeare", "wiki-sample", "rotten-tomatoes", "wnut16", "chatterbot",
+                 "gpt2-bpe", "minilm"):
+        assert name in r.stdout
+    assert "not installed" not in r.stdout
+    assert "public domain" in r.stdout
+
+
+def test_help_on_every_command():
+    for cmd in (["--help"], ["datasets", "--help"], ["tokenizer", "train", "--help"],
+                ["tokenize", "--help"]):
+        r = lmforge(*cmd)
+        assert r.returncode == 0 and "usage:" in r.stdout, (cmd, r.stderr)
+
+
+def test_usage_errors_are_one_line():
+    assert_one_line_error(lmforge("no-such-command"), "invalid choice")
+    assert_one_line_error(lmforge("tokenizer", "train", "--vocab-size", "many"), "invalid int")
+
+
+def test_tokenizer_and_shards_end_to_end(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(30):
+        (corpus / f"{i:02d}.txt").write_text(f"Document {i}: the quick brown fox jumps. " * 20)
+    tok = tmp_path / "tok.json"
+    r = lmforge("tokenizer", "train", "--corpus", corpus, "--vocab-size", "300", "--out", tok,
+                "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert tok.is_file() and "300-token" in r.stdout
+    r = lmforge("tokenize", "--corpus", corpus, "--tokenizer", tok, "--out", tmp_path / "sh")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "sh" / "meta.json").is_file()
+    assert (tmp_path / "sh" / "train-00000.bin").is_file()
+
+
+def test_bad_input_exits_2_and_writes_nothing(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "tok.json"
+    assert_one_line_error(
+        lmforge("tokenizer", "train", "--corpus", empty, "--out", out), "no text files"
+    )
+    assert_one_line_error(
+        lmforge("tokenizer", "train", "--corpus", tmp_path / "missing.txt", "--out", out),
+        "neither a built-in corpus",
+    )
+    (tmp_path / "a.txt").write_text("some text here")
+    assert_one_line_error(
+        lmforge("tokenizer", "train", "--corpus", tmp_path / "a.txt", "--vocab-size", "100",
+                "--out", out),
+        "vocab",
+    )
+    assert not out.exists()
+    (tmp_path / "not-a-tokenizer.json").write_text('{"model": {"type": "WordPiece"}}')
+    assert_one_line_error(
+        lmforge("tokenize", "--corpus", tmp_path / "a.txt", "--tokenizer",
+                tmp_path / "not-a-tokenizer.json", "--out", tmp_path / "sh"),
+    )
+    assert_one_line_error(
+        lmforge("tokenize", "--corpus", tmp_path / "a.txt", "--tokenizer",
+                tmp_path / "nope.json", "--out", tmp_path / "sh"),
+    )
+    assert not (tmp_path / "sh").exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
