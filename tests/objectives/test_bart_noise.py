@@ -1,0 +1,230 @@
+"""BART's noising functions: counts, spans, permutation, rotation, target = original."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lmforge.errors import ConfigError, DataError
+from lmforge.objectives.bart_noise import (
+    bart_noise,
+    document_rotation,
+    infill_plan,
+    poisson_span_lengths,
+    sentence_permutation,
+    text_infilling,
+    token_deletion,
+    token_masking,
+)
+
+MASK, DOT = 3, 4
+
+
+def within(count, n, p, sigmas=5.0):
+    return abs(count - n * p) <= sigmas * math.sqrt(n * p * (1 - p))
+
+
+def is_subsequence(small, big):
+    it = iter(big.tolist())
+    return all(any(x == y for y in it) for x in small.tolist())
+
+
+def expected_infill(ids, starts, lengths):
+    """Text infilling written out plainly: walk the tokens, one [MASK] per span."""
+    out, i, spans = [], 0, sorted(zip(starts.tolist(), lengths.tolist(), range(len(starts))),
+                                  key=lambda s: (s[0], s[2]))
+    for start, length, _ in spans:
+        out += ids[i:start].tolist() + [MASK]
+        i = max(i, start + length)
+    return out + ids[i:].tolist()
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 50, 333])
+def test_text_infilling_matches_the_plan(n):
+    ids = 1000 + np.arange(n)
+    for seed in range(20):
+        src, tgt = text_infilling(ids, np.random.default_rng(seed), mask_id=MASK)
+        starts, lengths = infill_plan(n, np.random.default_rng(seed))
+        assert src.tolist() == expected_infill(ids, starts, lengths)
+        np.testing.assert_array_equal(tgt, ids)  # the target is the original
+        # exactly ceil(0.3 n) tokens removed, one [MASK] per span
+        kept = src[src != MASK]
+        assert n - len(kept) == math.ceil(0.3 * n) == lengths.sum()
+        assert (src == MASK).sum() == len(lengths)
+        assert is_subsequence(kept, ids)
+        # spans do not overlap
+        assert (starts[1:] >= (starts + lengths)[:-1]).all()
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(n=st.integers(1, 200), ratio=st.floats(0.01, 0.99), lam=st.floats(0.1, 8.0),
+       word_every=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
+def test_infilling_property(n, ratio, lam, word_every, seed):
+    ids = 1000 + np.arange(n)
+    starts = np.arange(n) % word_every == 0
+    src, _ = text_infilling(ids, np.random.default_rng(seed), mask_id=MASK, ratio=ratio,
+                            poisson_lambda=lam, word_starts=starts)
+    kept = src[src != MASK]
+    assert is_subsequence(kept, ids)
+    n_words = int(starts.sum())
+    removed_words = set(((ids[~np.isin(ids, kept)] - 1000) // word_every).tolist())
+    assert len(removed_words) == math.ceil(n_words * ratio)
+    assert n - len(kept) == sum(min(word_every, n - w * word_every) for w in removed_words)
+
+
+def test_span_lengths_are_poisson():
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([poisson_span_lengths(300, rng)[:-1] for _ in range(200)])
+    n = len(lengths)
+    assert abs(lengths.mean() - 3.0) <= 5 * math.sqrt(3.0 / n)
+    assert within(int((lengths == 0).sum()), n, math.exp(-3))
+    assert within(int((lengths == 3).sum()), n, math.exp(-3) * 27 / 6)
+    # the budget is met exactly, for any size
+    for m in (0, 1, 2, 5, 77):
+        assert poisson_span_lengths(m, rng).sum() == m
+    # over whole documents the mean span (with the cut last one) stays close to lambda
+    plans = [infill_plan(512, rng)[1] for _ in range(100)]
+    assert 2.6 < np.concatenate(plans).mean() < 3.2
+
+
+def test_zero_length_span_inserts_a_mask():
+    ids = 1000 + np.arange(40)
+    found = 0
+    for seed in range(200):
+        starts, lengths = infill_plan(40, np.random.default_rng(seed))
+        src, _ = text_infilling(ids, np.random.default_rng(seed), mask_id=MASK)
+        assert len(src) == 40 - lengths.sum() + len(lengths)
+        # between two kept tokens that were neighbours in the original nothing was
+        # removed, so any [MASK] there is an inserted one: one per zero-length span there
+        kept_at = np.flatnonzero(src != MASK)
+        for i, j in zip(kept_at[:-1], kept_at[1:]):
+            if src[j] == src[i] + 1:
+                inserted = j - i - 1
+                s = int(src[j] - 1000)
+                assert inserted == int(((starts == s) & (lengths == 0)).sum())
+                found += inserted
+    assert found > 10
+
+
+def test_whole_word_infilling():
+    ids = 1000 + np.arange(60)
+    starts = np.zeros(60, bool)
+    starts[::3] = True  # words of three tokens
+    for seed in range(30):
+        src, _ = text_infilling(ids, np.random.default_rng(seed), mask_id=MASK,
+                                word_starts=starts)
+        kept = set(src[src != MASK].tolist())
+        for w in range(20):
+            word = set(ids[3 * w : 3 * w + 3].tolist())
+            assert word <= kept or not (word & kept)  # a word is kept or removed whole
+        assert 60 - len(kept) == 3 * math.ceil(20 * 0.3)  # the ratio counts words
+
+
+def test_token_masking_and_deletion():
+    ids = 1000 + np.arange(97)
+    k = math.ceil(97 * 0.3)
+    for seed in range(10):
+        src, tgt = token_masking(ids, np.random.default_rng(seed), mask_id=MASK)
+        assert (src == MASK).sum() == k and ((src == ids) | (src == MASK)).all()
+        np.testing.assert_array_equal(tgt, ids)
+        src, _ = token_deletion(ids, np.random.default_rng(seed))
+        assert len(src) == 97 - k and is_subsequence(src, ids)
+    src, _ = token_masking(ids, np.random.default_rng(0), mask_id=MASK, random_ratio=1.0,
+                           vocab_size=50, special_ids=[0, 1, 2])
+    changed = src[src != ids]
+    assert len(changed) >= k - 2 and ((changed >= 4) & (changed < 50)).all()
+
+
+def sentences(ids, ends):
+    starts = [0, *ends[:-1]]
+    return [ids[s:e].tolist() for s, e in zip(starts, ends)]
+
+
+def parse(src, whole):
+    """The order of the sentences `whole` in `src`, checking each appears whole."""
+    order, i = [], 0
+    while i < len(src):
+        s = next(k for k, sent in enumerate(whole) if sent[0] == src[i])
+        assert src[i : i + len(whole[s])].tolist() == whole[s]
+        order.append(s)
+        i += len(whole[s])
+    return order
+
+
+def test_sentence_permutation_preserves_sentences():
+    ids = np.array([10, 11, DOT, 12, DOT, 13, 14, 15, DOT, DOT, 16, 17])
+    whole = sentences(ids, [3, 5, 10, 12])
+    seen = set()
+    for seed in range(60):
+        src, tgt = sentence_permutation(ids, np.random.default_rng(seed), stop_ids=[DOT])
+        np.testing.assert_array_equal(tgt, ids)
+        order = parse(src, whole)  # the same sentences, each whole, in some order
+        assert sorted(order) == [0, 1, 2, 3]
+        seen.add(tuple(order))
+    assert len(seen) > 12  # many of the 24 orders appear
+    # explicit ends (the last sentence implied) give the same sentences
+    for seed in range(10):
+        src, _ = sentence_permutation(ids, np.random.default_rng(seed), ends=[3, 5, 10])
+        assert sorted(parse(src, whole)) == [0, 1, 2, 3]
+
+
+def test_document_rotation_is_a_rotation():
+    ids = 1000 + np.arange(9)
+    shifts = set()
+    for seed in range(100):
+        src, tgt = document_rotation(ids, np.random.default_rng(seed))
+        k = int(src[0] - 1000)
+        np.testing.assert_array_equal(src, np.roll(ids, -k))
+        np.testing.assert_array_equal(tgt, ids)
+        shifts.add(k)
+    assert shifts == set(range(9))
+
+
+def test_bart_preset():
+    ids = np.array([20 + (i % 50) if i % 9 else DOT for i in range(1, 300)])
+    n_tokens = len(ids)
+    total_masks = 0
+    for seed in range(20):
+        src, tgt = bart_noise(ids, np.random.default_rng(seed), mask_id=MASK, stop_ids=[DOT])
+        np.testing.assert_array_equal(tgt, ids)
+        kept = src[src != MASK]
+        assert n_tokens - len(kept) == math.ceil(0.3 * n_tokens)
+        # kept tokens are a sub-multiset of the original
+        assert (np.bincount(kept, minlength=80) <= np.bincount(ids, minlength=80)).all()
+        total_masks += int((src == MASK).sum())
+    # ~ 0.3 n / 3 spans per document
+    assert 0.6 * 20 * 0.1 * n_tokens < total_masks < 1.4 * 20 * 0.1 * n_tokens
+    # deterministic given the generator's seed
+    a = bart_noise(ids, np.random.default_rng(5), mask_id=MASK, stop_ids=[DOT], rotate=True)
+    b = bart_noise(ids, np.random.default_rng(5), mask_id=MASK, stop_ids=[DOT], rotate=True)
+    np.testing.assert_array_equal(a[0], b[0])
+    # other combinations
+    src, _ = bart_noise(ids, np.random.default_rng(0), mask_id=MASK, mask="delete",
+                        permute_sentences=False)
+    assert len(src) == n_tokens - math.ceil(0.3 * n_tokens) and is_subsequence(src, ids)
+    src, _ = bart_noise(ids, np.random.default_rng(0), mask_id=MASK, mask=None,
+                        permute_sentences=False, rotate=True)
+    assert sorted(src.tolist()) == sorted(ids.tolist())
+
+
+def test_bad_input():
+    with pytest.raises(ConfigError, match="MASK"):
+        text_infilling([5, 6], np.random.default_rng(0), mask_id=None)
+    with pytest.raises(DataError):
+        text_infilling([], np.random.default_rng(0), mask_id=MASK)
+    with pytest.raises(DataError):
+        token_deletion([5], np.random.default_rng(0))
+    for r in (0.0, 1.0, 2.0):
+        with pytest.raises(ConfigError, match="ratio"):
+            bart_noise([5, 6], np.random.default_rng(0), mask_id=MASK, mask_ratio=r,
+                       ends=[1])
+    with pytest.raises(ConfigError, match="sentence"):
+        bart_noise([5, 6], np.random.default_rng(0), mask_id=MASK)
+    with pytest.raises(ConfigError, match="lambda"):
+        poisson_span_lengths(3, np.random.default_rng(0), 0.0)
+    with pytest.raises(ConfigError, match="mask must be"):
+        bart_noise([5, 6], np.random.default_rng(0), mask_id=MASK, mask="span", ends=[1])
+    with pytest.raises(ConfigError, match="vocab_size"):
+        token_masking([5, 6], np.random.default_rng(0), mask_id=MASK, random_ratio=0.5)
