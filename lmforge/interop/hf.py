@@ -1,0 +1,591 @@
+"""Hugging Face checkpoints <-> lmforge models (decoder families).
+
+    model = load_hf("hf_dir")       # config.json + model.safetensors (or a sharded index)
+    save_hf(model, "out_dir")       # config.json + model.safetensors, written atomically
+
+Supported classes: GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM,
+Qwen2ForCausalLM, GemmaForCausalLM. Each family is two small pieces of data:
+
+- a config translation, `config.json` dict <-> `ModelConfig` (`config_from_hf`,
+  `config_to_hf`), with the transformers defaults for keys `save_pretrained` leaves out;
+- a weight table: for every lmforge tensor, the HF tensor(s) it is made of. Several HF
+  names are concatenated along dim 0 (q, k, v -> our fused qkv; gate, up -> our fc1);
+  GPT-2's Conv1D stores weights as (in, out), so those are transposed.
+
+Encoder and seq2seq families will add their own tables next to these. Tensors are only
+ever read from safetensors files; pickled checkpoints are refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from ..atomic import atomic_dir
+from ..errors import CheckpointError, ConfigError
+from ..models import build
+from ..models.config import ModelConfig
+
+# ----------------------------------------------------------------------------------------
+# Weight tables. "{i}" is the layer index. Rows whose lmforge tensor does not exist in the
+# model (biases a family lacks, an untied head) are skipped.
+
+
+@dataclass(frozen=True)
+class Rule:
+    ours: str
+    theirs: tuple[str, ...]  # several: concatenated along dim 0 in this order
+    transpose: bool = False  # GPT-2 Conv1D weights are (in, out)
+
+
+def _rule(ours: str, *theirs: str, transpose: bool = False) -> Rule:
+    return Rule(ours, theirs, transpose)
+
+
+GPT2_TABLE = [
+    _rule("tok_embed.weight", "transformer.wte.weight"),
+    _rule("pos_embed.weight", "transformer.wpe.weight"),
+    _rule("blocks.{i}.attn_norm.weight", "transformer.h.{i}.ln_1.weight"),
+    _rule("blocks.{i}.attn_norm.bias", "transformer.h.{i}.ln_1.bias"),
+    _rule("blocks.{i}.attn.qkv.weight", "transformer.h.{i}.attn.c_attn.weight", transpose=True),
+    _rule("blocks.{i}.attn.qkv.bias", "transformer.h.{i}.attn.c_attn.bias"),
+    _rule("blocks.{i}.attn.out.weight", "transformer.h.{i}.attn.c_proj.weight", transpose=True),
+    _rule("blocks.{i}.attn.out.bias", "transformer.h.{i}.attn.c_proj.bias"),
+    _rule("blocks.{i}.ffn_norm.weight", "transformer.h.{i}.ln_2.weight"),
+    _rule("blocks.{i}.ffn_norm.bias", "transformer.h.{i}.ln_2.bias"),
+    _rule("blocks.{i}.ffn.fc1.weight", "transformer.h.{i}.mlp.c_fc.weight", transpose=True),
+    _rule("blocks.{i}.ffn.fc1.bias", "transformer.h.{i}.mlp.c_fc.bias"),
+    _rule("blocks.{i}.ffn.fc2.weight", "transformer.h.{i}.mlp.c_proj.weight", transpose=True),
+    _rule("blocks.{i}.ffn.fc2.bias", "transformer.h.{i}.mlp.c_proj.bias"),
+    _rule("norm_out.weight", "transformer.ln_f.weight"),
+    _rule("norm_out.bias", "transformer.ln_f.bias"),
+    _rule("lm_head.weight", "lm_head.weight"),
+]
+
+_L = "model.layers.{i}."
+LLAMA_TABLE = [  # also Mistral, Qwen2 and Gemma: same names, different flags
+    _rule("tok_embed.weight", "model.embed_tokens.weight"),
+    _rule("blocks.{i}.attn_norm.weight", _L + "input_layernorm.weight"),
+    _rule(
+        "blocks.{i}.attn.qkv.weight",
+        _L + "self_attn.q_proj.weight",
+        _L + "self_attn.k_proj.weight",
+        _L + "self_attn.v_proj.weight",
+    ),
+    _rule(
+        "blocks.{i}.attn.qkv.bias",
+        _L + "self_attn.q_proj.bias",
+        _L + "self_attn.k_proj.bias",
+        _L + "self_attn.v_proj.bias",
+    ),
+    _rule("blocks.{i}.attn.out.weight", _L + "self_attn.o_proj.weight"),
+    _rule("blocks.{i}.attn.out.bias", _L + "self_attn.o_proj.bias"),
+    _rule("blocks.{i}.ffn_norm.weight", _L + "post_attention_layernorm.weight"),
+    _rule("blocks.{i}.ffn.fc1.weight", _L + "mlp.gate_proj.weight", _L + "mlp.up_proj.weight"),
+    _rule("blocks.{i}.ffn.fc1.bias", _L + "mlp.gate_proj.bias", _L + "mlp.up_proj.bias"),
+    _rule("blocks.{i}.ffn.fc2.weight", _L + "mlp.down_proj.weight"),
+    _rule("blocks.{i}.ffn.fc2.bias", _L + "mlp.down_proj.bias"),
+    _rule("norm_out.weight", "model.norm.weight"),
+    _rule("lm_head.weight", "lm_head.weight"),
+]
+
+# HF class -> (family, model_type, weight table)
+ARCHITECTURES = {
+    "GPT2LMHeadModel": ("gpt2", "gpt2", GPT2_TABLE),
+    "LlamaForCausalLM": ("llama", "llama", LLAMA_TABLE),
+    "MistralForCausalLM": ("mistral", "mistral", LLAMA_TABLE),
+    "Qwen2ForCausalLM": ("qwen2", "qwen2", LLAMA_TABLE),
+    "GemmaForCausalLM": ("gemma", "gemma", LLAMA_TABLE),
+}
+FAMILY_TO_ARCH = {family: arch for arch, (family, _, _) in ARCHITECTURES.items()}
+FAMILY_TO_ARCH["gpt3"] = "GPT2LMHeadModel"  # GPT-3 shapes are GPT-2's layout
+MODEL_TYPE_TO_ARCH = {model_type: arch for arch, (_, model_type, _) in ARCHITECTURES.items()}
+
+# HF tensors we know and do not need (causal-mask buffers of old GPT-2 files, RoPE tables).
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
+
+
+def _expand(table: list[Rule], n_layer: int) -> list[Rule]:
+    rules = []
+    for rule in table:
+        layers = range(n_layer) if "{i}" in rule.ours else [None]
+        for i in layers:
+            rules.append(
+                Rule(
+                    rule.ours.format(i=i),
+                    tuple(name.format(i=i) for name in rule.theirs),
+                    rule.transpose,
+                )
+            )
+    return rules
+
+
+def _rules_for(model_keys: set[str], config: ModelConfig, table: list[Rule]) -> list[Rule]:
+    """The table's rows that apply to this model (its own tensors, the head only if untied)."""
+    return [
+        r
+        for r in _expand(table, config.n_layer)
+        if r.ours in model_keys and not (r.ours == "lm_head.weight" and config.tie_embeddings)
+    ]
+
+
+# ----------------------------------------------------------------------------------------
+# Config translation
+
+ACT_FROM_HF = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu": "gelu",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
+ACT_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+
+# transformers' defaults for keys `save_pretrained` omits when they equal the default.
+HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(
+        vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
+        activation_function="gelu_new", resid_pdrop=0.1, layer_norm_epsilon=1e-5,
+        bos_token_id=50256, eos_token_id=50256, pad_token_id=None, tie_word_embeddings=True,
+    ),
+    "llama": dict(
+        vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=None, head_dim=None, hidden_act="silu",
+        max_position_embeddings=2048, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
+        pad_token_id=None, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+    ),
+    "mistral": dict(
+        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=None, hidden_act="silu",
+        max_position_embeddings=131072, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
+        pad_token_id=None, tie_word_embeddings=False, sliding_window=4096,
+    ),
+    "qwen2": dict(
+        vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, head_dim=None, hidden_act="silu",
+        max_position_embeddings=32768, rms_norm_eps=1e-6, bos_token_id=None,
+        eos_token_id=None, pad_token_id=None, tie_word_embeddings=False,
+        use_sliding_window=False,
+    ),
+    "gemma": dict(
+        vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
+        num_attention_heads=16, num_key_value_heads=16, head_dim=256,
+        hidden_act="gelu_pytorch_tanh", max_position_embeddings=8192, rms_norm_eps=1e-6,
+        bos_token_id=2, eos_token_id=1, pad_token_id=0, tie_word_embeddings=True,
+        attention_bias=False,
+    ),
+}  # fmt: skip
+
+
+def _token_id(value: Any) -> int | None:
+    """HF allows a list of EOS ids; lmforge keeps the first (generation accepts lists)."""
+    if isinstance(value, list):
+        return value[0] if value else None
+    return value
+
+
+def _architecture(hf: dict[str, Any]) -> str:
+    archs = hf.get("architectures") or []
+    if archs:
+        arch = archs[0]
+    elif hf.get("model_type") in MODEL_TYPE_TO_ARCH:
+        arch = MODEL_TYPE_TO_ARCH[hf["model_type"]]
+    else:
+        raise CheckpointError("config.json names no architecture and no known model_type")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(
+            f"architecture {arch} is not supported (supported: {', '.join(ARCHITECTURES)})"
+        )
+    return arch
+
+
+def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    """A transformers `config.json` dict -> `ModelConfig`."""
+    family, model_type, _ = ARCHITECTURES[_architecture(hf)]
+    c = {**HF_DEFAULTS[model_type], **{k: v for k, v in hf.items() if v is not None}}
+    c.setdefault("pad_token_id", None)
+    try:
+        if model_type == "gpt2":
+            return _canonical(_gpt2_config_from_hf(c))
+        return _canonical(_llama_config_from_hf(c, family))
+    except (ConfigError, KeyError, TypeError) as e:
+        raise CheckpointError(f"config.json does not describe a valid {family} model: {e}") from e
+
+
+def _canonical(config: ModelConfig) -> ModelConfig:
+    """Sizes that equal their defaults become None, as in the presets (so round trips are
+    exact: config_from_hf(config_to_hf(c)) == c)."""
+    d, n_head = config.d_model, config.n_head
+    return config.replace(
+        d_ff=None if config.ffn_size == 4 * d else config.d_ff,
+        head_dim=None if d % n_head == 0 and config.head_size == d // n_head else config.head_dim,
+        n_kv_head=None if config.kv_heads == n_head else config.n_kv_head,
+        qkv_bias=None if config.has_qkv_bias == config.bias else config.qkv_bias,
+    )
+
+
+def _activation(name: str) -> str:
+    if name not in ACT_FROM_HF:
+        raise CheckpointError(f"activation {name!r} is not supported")
+    return ACT_FROM_HF[name]
+
+
+def _gpt2_config_from_hf(c: dict[str, Any]) -> ModelConfig:
+    if c.get("scale_attn_by_inverse_layer_idx") or c.get("scale_attn_weights") is False:
+        raise CheckpointError("GPT-2 attention-scaling variants are not supported")
+    if c.get("add_cross_attention"):
+        raise CheckpointError("GPT-2 with cross-attention is not supported")
+    return ModelConfig(
+        family="gpt2",
+        vocab_size=c["vocab_size"],
+        max_seq_len=c["n_positions"],
+        d_model=c["n_embd"],
+        n_layer=c["n_layer"],
+        n_head=c["n_head"],
+        d_ff=c["n_inner"],
+        norm="layernorm",
+        norm_eps=c["layer_norm_epsilon"],
+        activation=_activation(c["activation_function"]),
+        positions="learned",
+        dropout=c["resid_pdrop"],
+        tie_embeddings=c["tie_word_embeddings"],
+        bos_token_id=_token_id(c["bos_token_id"]),
+        eos_token_id=_token_id(c["eos_token_id"]),
+        pad_token_id=_token_id(c["pad_token_id"]),
+    )
+
+
+def _rope_from_hf(c: dict[str, Any]) -> tuple[float, dict | None]:
+    # transformers 5 nests RoPE settings in `rope_parameters`; older files use a top-level
+    # `rope_theta` plus an optional `rope_scaling` dict.
+    params = c.get("rope_parameters") or c.get("rope_scaling") or {}
+    theta = params.get("rope_theta", c.get("rope_theta", 10000.0))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "default":
+        return theta, None
+    if rope_type == "llama3":
+        scaling = dict(
+            factor=params["factor"],
+            low_freq_factor=params["low_freq_factor"],
+            high_freq_factor=params["high_freq_factor"],
+            original_max_seq_len=params.get(
+                "original_max_position_embeddings", c["max_position_embeddings"]
+            ),
+        )
+        return theta, scaling
+    raise CheckpointError(f"RoPE type {rope_type!r} is not supported (default, llama3)")
+
+
+def _llama_config_from_hf(c: dict[str, Any], family: str) -> ModelConfig:
+    n_head = c["num_attention_heads"]
+    theta, scaling = _rope_from_hf(c)
+    act = c.get("hidden_activation") or c["hidden_act"]
+    if family == "gemma" and act == "gelu":
+        act = "gelu_pytorch_tanh"  # transformers' own rule: legacy Gemma files meant tanh
+    qkv_bias = bias = False
+    if family == "llama":
+        qkv_bias = c["attention_bias"]  # on q, k, v and o
+        if c["mlp_bias"] != qkv_bias:
+            raise CheckpointError("Llama with attention_bias != mlp_bias is not supported")
+        bias = qkv_bias
+    elif family == "qwen2":
+        qkv_bias = True
+        if c.get("use_sliding_window") or "sliding_attention" in (c.get("layer_types") or []):
+            raise CheckpointError("Qwen2 per-layer sliding-window attention is not supported")
+    elif family == "gemma" and c["attention_bias"]:
+        raise CheckpointError("Gemma with attention_bias is not supported")
+    return ModelConfig(
+        family=family,
+        vocab_size=c["vocab_size"],
+        max_seq_len=c["max_position_embeddings"],
+        d_model=c["hidden_size"],
+        n_layer=c["num_hidden_layers"],
+        n_head=n_head,
+        n_kv_head=c.get("num_key_value_heads") or n_head,
+        head_dim=c.get("head_dim") or c["hidden_size"] // n_head,
+        d_ff=c["intermediate_size"],
+        norm="rmsnorm",
+        norm_eps=c["rms_norm_eps"],
+        norm_unit_offset=family == "gemma",
+        ffn="gated",
+        activation=_activation(act),
+        bias=bias,
+        qkv_bias=qkv_bias,
+        positions="rope",
+        rope_theta=float(theta),
+        rope_scaling=scaling,
+        sliding_window=c.get("sliding_window") if family == "mistral" else None,
+        tie_embeddings=c["tie_word_embeddings"],
+        embed_scale=family == "gemma",
+        dropout=c.get("attention_dropout", 0.0),
+        bos_token_id=_token_id(c["bos_token_id"]),
+        eos_token_id=_token_id(c["eos_token_id"]),
+        pad_token_id=_token_id(c["pad_token_id"]),
+    )
+
+
+def hf_architecture(config: ModelConfig) -> str:
+    """The transformers class that can hold this config's model."""
+    family = config.family
+    if family is None:  # a hand-made config: guess from the flags
+        if config.norm == "layernorm":
+            family = "gpt2"
+        elif config.norm_unit_offset:
+            family = "gemma"
+        elif config.sliding_window is not None:
+            family = "mistral"
+        elif config.has_qkv_bias and not config.bias:
+            family = "qwen2"
+        else:
+            family = "llama"
+    if family not in FAMILY_TO_ARCH:
+        raise CheckpointError(f"family {family!r} has no Hugging Face export (GPT-1 is post-LN)")
+    return FAMILY_TO_ARCH[family]
+
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """`ModelConfig` -> a transformers `config.json` dict (every key written out)."""
+    arch = hf_architecture(config)
+    family, model_type, _ = ARCHITECTURES[arch]
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise CheckpointError(f"{arch} cannot represent this model: {what}")
+
+    need(config.norm_position == "pre" and config.has_final_norm, "needs pre-LN + final norm")
+    need(config.sliding_window is None or family == "mistral", "sliding_window")
+    ids = dict(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+    )
+    if model_type == "gpt2":
+        need(config.norm == "layernorm", "norm must be layernorm")
+        need(config.positions == "learned", "positions must be learned")
+        need(config.ffn == "mlp", "ffn must be mlp")
+        need(config.bias and config.has_qkv_bias, "needs biases")
+        need(config.kv_heads == config.n_head, "no grouped-query attention")
+        need(config.head_size * config.n_head == config.d_model, "head_dim * n_head == d_model")
+        need(not config.embed_scale, "embed_scale")
+        hf = dict(
+            vocab_size=config.vocab_size,
+            n_positions=config.max_seq_len,
+            n_ctx=config.max_seq_len,
+            n_embd=config.d_model,
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            n_inner=config.ffn_size,
+            activation_function=ACT_TO_HF[config.activation],
+            layer_norm_epsilon=config.norm_eps,
+            resid_pdrop=config.dropout,
+            embd_pdrop=config.dropout,
+            attn_pdrop=config.dropout,
+            initializer_range=config.init_std,
+            tie_word_embeddings=config.tie_embeddings,
+            **ids,
+        )
+    else:
+        need(config.norm == "rmsnorm", "norm must be rmsnorm")
+        need(config.positions == "rope", "positions must be rope")
+        need(config.ffn == "gated", "ffn must be gated")
+        need(config.norm_unit_offset == (family == "gemma"), "RMSNorm (1 + w) is Gemma's")
+        need(config.embed_scale == (family == "gemma"), "embedding scale is Gemma's")
+        if family == "llama":
+            need(config.has_qkv_bias == config.bias, "qkv_bias must equal bias")
+        elif family == "qwen2":
+            need(config.has_qkv_bias and not config.bias, "Qwen2 has q/k/v biases only")
+        else:
+            need(not config.has_qkv_bias and not config.bias, "no biases")
+        rope = {"rope_type": "default", "rope_theta": config.rope_theta}
+        if config.rope_scaling is not None:
+            s = config.rope_scaling
+            rope.update(
+                rope_type="llama3",
+                factor=s["factor"],
+                low_freq_factor=s["low_freq_factor"],
+                high_freq_factor=s["high_freq_factor"],
+                original_max_position_embeddings=s["original_max_seq_len"],
+            )
+        hf = dict(
+            vocab_size=config.vocab_size,
+            max_position_embeddings=config.max_seq_len,
+            hidden_size=config.d_model,
+            num_hidden_layers=config.n_layer,
+            num_attention_heads=config.n_head,
+            num_key_value_heads=config.kv_heads,
+            head_dim=config.head_size,
+            intermediate_size=config.ffn_size,
+            hidden_act="gelu_pytorch_tanh" if config.activation == "gelu_tanh" else "silu",
+            rms_norm_eps=config.norm_eps,
+            rope_theta=config.rope_theta,
+            rope_parameters=rope,
+            attention_dropout=config.dropout,
+            initializer_range=config.init_std,
+            tie_word_embeddings=config.tie_embeddings,
+            **ids,
+        )
+        if family in ("llama", "mistral", "qwen2"):
+            need(config.activation == "silu", "activation must be silu (SwiGLU)")
+        if family == "gemma":
+            need(config.activation == "gelu_tanh", "activation must be gelu_tanh (GeGLU)")
+        if family == "llama":
+            hf.update(attention_bias=config.bias, mlp_bias=config.bias)
+        if family == "gemma":
+            hf.update(attention_bias=False)
+        if family == "mistral":
+            hf.update(sliding_window=config.sliding_window)
+        if family == "qwen2":
+            hf.update(use_sliding_window=False, sliding_window=None)
+    return {"architectures": [arch], "model_type": model_type, **hf}
+
+
+# ----------------------------------------------------------------------------------------
+# Reading and writing
+
+
+def _read_tensors(path: Path) -> dict[str, Tensor]:
+    single, index = path / "model.safetensors", path / "model.safetensors.index.json"
+    if single.exists():
+        files = [single]
+    elif index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index ({e})") from e
+        files = [path / name for name in sorted(set(weight_map.values()))]
+    elif any(path.glob("*.bin")) or any(path.glob("*.pt")):
+        raise CheckpointError(
+            f"{path}: only safetensors checkpoints are read (pickle files are never loaded)"
+        )
+    else:
+        raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+    tensors = {}
+    for file in files:
+        if not file.exists():
+            raise CheckpointError(f"{file}: shard listed in the index is missing")
+        try:
+            with safe_open(file, framework="pt") as f:
+                for name in f.keys():
+                    tensors[name] = f.get_tensor(name)
+        except CheckpointError:
+            raise
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"{file}: unreadable safetensors file ({e})") from e
+    return tensors
+
+
+def load_hf(path: str | Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Read a transformers checkpoint folder; return the lmforge model, in eval mode.
+
+    Weights keep the checkpoint's dtype unless `dtype` is given.
+    """
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(f"{path}: no config.json (is this a Hugging Face model folder?)")
+    try:
+        hf = json.loads(config_file.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{config_file}: not valid JSON ({e})") from e
+    try:
+        arch = _architecture(hf)
+        config = config_from_hf(hf)
+    except CheckpointError as e:
+        raise CheckpointError(f"{config_file}: {e}") from e
+    tensors = _read_tensors(path)
+    if arch == "GPT2LMHeadModel" and "wte.weight" in tensors:  # original OpenAI files
+        tensors = {
+            (k if k.startswith("lm_head.") else "transformer." + k): v for k, v in tensors.items()
+        }
+
+    with torch.device("meta"):  # no memory for weights that are about to be replaced
+        model = build(config)
+    expected = model.state_dict()
+    state, used = {}, set()
+    for rule in _rules_for(set(expected), config, ARCHITECTURES[arch][2]):
+        parts = []
+        for name in rule.theirs:
+            if name not in tensors:
+                raise CheckpointError(f"{path}: missing weight {name!r} for {arch}")
+            parts.append(tensors[name].t() if rule.transpose else tensors[name])
+            used.add(name)
+        tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        if tensor.shape != expected[rule.ours].shape:
+            got = [tuple(tensors[n].shape) for n in rule.theirs]
+            raise CheckpointError(
+                f"{path}: weight {', '.join(rule.theirs)} has shape {', '.join(map(str, got))}, "
+                f"which does not fit config.json (expected {tuple(expected[rule.ours].shape)})"
+            )
+        state[rule.ours] = tensor.contiguous()
+    unexpected = [
+        name
+        for name in tensors
+        if name not in used
+        and not name.endswith(IGNORED_SUFFIXES)
+        and not (name == "lm_head.weight" and config.tie_embeddings)
+    ]
+    if unexpected:
+        raise CheckpointError(
+            f"{path}: tensor {unexpected[0]!r} (and {len(unexpected) - 1} more) does not belong "
+            f"to {arch} as configured"
+        )
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    model.reset_buffers()
+    unfilled = [name for name, p in model.named_parameters() if p.is_meta]
+    if unfilled:  # a table row is missing: a bug here, not in the checkpoint
+        raise CheckpointError(f"{path}: no {arch} weight maps to lmforge's {unfilled[0]!r}")
+    if dtype is not None:
+        model.to(dtype)
+    return model.eval()
+
+
+def _split_sizes(config: ModelConfig, ours: str, n_parts: int) -> list[int]:
+    if ".attn.qkv." in ours:
+        q, kv = config.n_head * config.head_size, config.kv_heads * config.head_size
+        return [q, kv, kv]
+    return [config.ffn_size] * n_parts  # fc1 = [gate; up]
+
+
+def hf_state_dict(model: torch.nn.Module) -> dict[str, Tensor]:
+    """The model's weights under transformers names and layouts (fresh tensors)."""
+    config = model.config
+    arch = hf_architecture(config)
+    ours = model.state_dict()
+    out = {}
+    for rule in _rules_for(set(ours), config, ARCHITECTURES[arch][2]):
+        tensor = ours[rule.ours].detach()
+        parts = (
+            [tensor]
+            if len(rule.theirs) == 1
+            else tensor.split(_split_sizes(config, rule.ours, len(rule.theirs)), dim=0)
+        )
+        for name, part in zip(rule.theirs, parts):
+            part = part.t() if rule.transpose else part
+            out[name] = part.clone(memory_format=torch.contiguous_format).cpu()
+    return out
+
+
+def save_hf(model: torch.nn.Module, path: str | Path) -> None:
+    """Write `model` as a transformers checkpoint folder (config.json + model.safetensors).
+
+    The folder appears complete or not at all; an existing one is replaced.
+    """
+    config: ModelConfig = model.config
+    hf = config_to_hf(config)
+    tensors = hf_state_dict(model)
+    dtype = next(iter(tensors.values())).dtype
+    hf["dtype"] = str(dtype).removeprefix("torch.")
+    with atomic_dir(path) as tmp:
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n", encoding="utf-8")
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+
