@@ -79,6 +79,149 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    """Pretrain a model from a YAML recipe: lmforge pretrain CONFIG [key=value ...].
+
+    CONFIG may be a recipe from configs/ or a run's own RUN_DIR/config.yaml (which
+    reruns it; add run_dir=NEW). Keys are overridden with dotted key=value pairs,
+    e.g. train.max_steps=100 model.n_layer=2. --resume continues the run in run_dir
+    from its latest complete checkpoint, exactly as if it had not stopped.
+    """
+    from .config import load_config
+    from .pretrain import pretrain
+    from .training.config import RunConfig
+
+    cfg = load_config(args.config, RunConfig, args.overrides)
+    summary = pretrain(cfg, resume=args.resume)
+    shown = {"step": "steps", "val_loss": "val loss", "val_ppl": "val perplexity",
+             "final_loss": "train loss", "tok_per_s": "tokens/s", "train_flops": "train FLOPs"}
+    for key, label in shown.items():
+        value = summary.get(key)
+        if value is not None:
+            print(f"{label}: {value:.4g}" if isinstance(value, float) else f"{label}: {value}")
+    print(f"run directory: {summary['run_dir']} (metrics.jsonl, loss.png, checkpoints/)")
+    if "sample" in summary:
+        print(f"sample:\n{summary['sample']}")
+    return 0
+
+
+def _prompt_ids(tokenizer, prompt: str) -> list[int]:
+    from .errors import LmforgeError
+
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise LmforgeError("the prompt is empty: give some text with --prompt")
+    return ids
+
+
+def cmd_generate(args) -> int:
+    """Continue a prompt with a trained model: lmforge generate RUN_DIR --prompt TEXT."""
+    import torch
+
+    from .generation import GenerationConfig, generate, pad_left
+    from .runs import load_run
+
+    run = load_run(args.run_dir, step=args.step)
+    tok = run.tokenizer
+    prompts = [_prompt_ids(tok, p) for p in args.prompt]
+    gen = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0 and args.num_beams == 1,
+        temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k,
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty, num_beams=args.num_beams,
+        stop_strings=list(args.stop),
+    )
+    ids, mask = pad_left(prompts, pad_id=tok.pad_id if tok.pad_id is not None else 0)
+    g = torch.Generator().manual_seed(args.seed)
+    out = generate(run.model, ids, mask, gen, generator=g, decode=tok.decode)
+    width = ids.shape[1]
+    for i, row in enumerate(out.tolist()):
+        new = row[width:]
+        if tok.eos_id in new:
+            new = new[: new.index(tok.eos_id)]
+        print(args.prompt[i // gen.num_return_sequences] + tok.decode(new))
+        if len(out) > 1:
+            print("-" * 40)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Evaluate a trained model: perplexity on a text file (or the run's val split)."""
+    import json
+
+    import numpy as np
+
+    from .data import read_corpus
+    from .errors import LmforgeError
+    from .runs import load_run, perplexity
+
+    run = load_run(args.run_dir, step=args.step)
+    seq_len = args.seq_len or run.config.train.seq_len
+    if seq_len > run.model.config.max_seq_len:
+        raise LmforgeError(f"--seq-len {seq_len} is longer than the model's context "
+                           f"({run.model.config.max_seq_len})")
+    if args.data:
+        docs = read_corpus(args.data, text_field=args.text_field)
+        eos = run.tokenizer.eos_id
+        ids = []
+        for d in docs:
+            ids += run.tokenizer.encode(d) + ([eos] if eos is not None else [])
+        source = ",".join(map(str, args.data))
+    else:
+        from .data import open_shards
+
+        shards = open_shards(run.config.data.shards, run.tokenizer.fingerprint)
+        if not shards.val:
+            raise LmforgeError("the run has no val split; give --data FILE")
+        ids = np.concatenate(shards.val).astype(np.int64).tolist()
+        source = "val split"
+    if args.max_tokens:
+        ids = ids[: args.max_tokens]
+    result = perplexity(run.model, ids, seq_len=seq_len, stride=args.stride)
+    result = {"run": str(run.path), "checkpoint": run.checkpoint.name, "data": source,
+              "seq_len": seq_len, **result}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{source}: {result['tokens']:,} tokens, loss {result['nll']:.4f}, "
+              f"perplexity {result['ppl']:.2f} ({run.checkpoint.name}, seq_len {seq_len})")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    """Convert checkpoints: --from-hf HF_DIR --out RUN_DIR, or --to-hf RUN_DIR --out HF_DIR."""
+    from .errors import LmforgeError
+    from .interop.hf import load_hf, save_hf
+    from .tokenizer import Tokenizer
+
+    if bool(args.from_hf) == bool(args.to_hf):
+        raise LmforgeError("give exactly one of --from-hf HF_DIR or --to-hf RUN_DIR")
+    if args.from_hf:
+        from .runs import write_run
+
+        src = Path(args.from_hf)
+        model = load_hf(src)
+        if (src / "tokenizer.json").is_file():
+            tok = Tokenizer.from_hf_json(src / "tokenizer.json")
+        elif (src / "vocab.json").is_file() and (src / "merges.txt").is_file():
+            tok = Tokenizer.from_gpt2_files(src / "vocab.json", src / "merges.txt")
+        else:
+            raise LmforgeError(f"{src} has no tokenizer.json (or vocab.json + merges.txt)")
+        write_run(model, tok, args.out, source=str(src))
+        print(f"converted {src} ({model.config.family or 'decoder'}, "
+              f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) -> {args.out}")
+        return 0
+    from .runs import load_run
+
+    run = load_run(args.to_hf, step=args.step)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise LmforgeError(f"{out} exists and is not empty; choose a new folder")
+    save_hf(run.model, out)
+    run.tokenizer.save(out / "tokenizer.json")
+    print(f"exported {run.path} ({run.checkpoint.name}) -> {out} (transformers format)")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -117,6 +260,41 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--val-fraction", type=float, default=0.05)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--workers", type=int, default=None, help="encoding processes")
+
+    q = add("pretrain", cmd_pretrain)
+    q.add_argument("config", type=Path, help="YAML recipe (configs/*.yaml or RUN_DIR/config.yaml)")
+    q.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    q.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+
+    q = add("generate", cmd_generate)
+    q.add_argument("run_dir", type=Path)
+    q.add_argument("--prompt", nargs="+", required=True, help="one or more prompts (batched)")
+    q.add_argument("--max-new-tokens", type=int, default=100)
+    q.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    q.add_argument("--top-k", type=int, default=50, help="0 = off")
+    q.add_argument("--top-p", type=float, default=1.0)
+    q.add_argument("--repetition-penalty", type=float, default=1.0)
+    q.add_argument("--num-beams", type=int, default=1, help="> 1: beam search")
+    q.add_argument("--stop", nargs="*", default=[], help="stop strings")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+
+    q = add("eval", cmd_eval)
+    q.add_argument("run_dir", type=Path)
+    q.add_argument("--data", nargs="+", default=None,
+                   help="corpus names / files (default: the run's val split)")
+    q.add_argument("--text-field", default="text")
+    q.add_argument("--seq-len", type=int, default=None, help="default: the run's train.seq_len")
+    q.add_argument("--stride", type=int, default=None, help="sliding-window stride")
+    q.add_argument("--max-tokens", type=int, default=None)
+    q.add_argument("--step", type=int, default=None)
+    q.add_argument("--json", action="store_true", help="print one JSON line")
+
+    q = add("convert", cmd_convert)
+    q.add_argument("--from-hf", type=Path, help="a transformers checkpoint folder")
+    q.add_argument("--to-hf", type=Path, help="an lmforge run directory")
+    q.add_argument("--out", type=Path, required=True)
+    q.add_argument("--step", type=int, default=None)
     return p
 
 

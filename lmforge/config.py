@@ -143,6 +143,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, dict) and not raw.lstrip().startswith("{"):
+            value = raw  # "prompt=ROMEO: hi" is text, not the mapping {ROMEO: hi}
         node = data
         for part in parts[:-1]:
             child = node.get(part)

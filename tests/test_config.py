@@ -35,6 +35,8 @@ def test_nested_build_and_roundtrip(tmp_path):
 def test_overrides_parse_yaml_scalars():
     d = apply_overrides({"inner": {"lr": 1.0}}, ["inner.lr=2e-4", "flag=true", "path=null",
                                                  "inner.betas=[0.8, 0.9]", "name=a=b"])
+    assert apply_overrides({}, ["name=ROMEO: hi"])["name"] == "ROMEO: hi"
+    assert apply_overrides({}, ["m={a: 1}"])["m"] == {"a": 1}
     cfg = from_dict(Outer, d)
     assert cfg.inner.lr == 2e-4 and cfg.flag is True and cfg.path is None
     assert cfg.inner.betas == [0.8, 0.9] and cfg.name == "a=b"

@@ -1,0 +1,119 @@
+"""FLOPs per token and model FLOPs utilization (MFU).
+
+Training FLOPs per token of a decoder (PaLM, Chowdhery et al. 2022, appendix B; the
+Chinchilla paper's appendix F counts the same terms):
+
+    F = 6 * N  +  12 * L * d_attn * T
+
+- 6N: each matrix parameter costs 2 FLOPs (multiply + add) per token in the forward
+  pass and 4 in the backward pass. N counts the parameters that take part in a matrix
+  multiply: every parameter except the embedding tables looked up by index -- but the
+  LM head, tied to the token embedding or not, is a matmul and is counted.
+- 12 L d_attn T: attention scores Q K^T and the weighted sum A V, 2 * T * d_attn FLOPs
+  each per token and layer forward, times 3 for forward + backward; T is the context
+  length, d_attn = n_head * head_dim. Like PaLM and nanoGPT we do not halve it for the
+  causal mask, so MFU figures stay comparable with theirs.
+
+MFU = achieved FLOP/s (F * tokens per second) / the hardware's peak FLOP/s. Peaks: a
+table of dense bf16 tensor-core figures for common GPUs, or on CPU a measured fp32
+matmul ceiling (`measure_matmul_flops`), the most any model could reach there.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+# Dense (no sparsity) peak FLOP/s from the vendors' data sheets.
+GPU_PEAK_FLOPS = {
+    # name fragment: {dtype: FLOP/s}
+    "H200": {"bf16": 989.5e12, "fp16": 989.5e12, "fp32": 66.9e12},
+    "H100 PCIe": {"bf16": 756.0e12, "fp16": 756.0e12, "fp32": 51.2e12},
+    "H100": {"bf16": 989.5e12, "fp16": 989.5e12, "fp32": 66.9e12},  # SXM
+    "A100": {"bf16": 312.0e12, "fp16": 312.0e12, "fp32": 19.5e12},
+    "L40S": {"bf16": 362.0e12, "fp16": 362.0e12, "fp32": 91.6e12},
+    "A10": {"bf16": 125.0e12, "fp16": 125.0e12, "fp32": 31.2e12},
+    "V100": {"bf16": 0.0, "fp16": 125.0e12, "fp32": 15.7e12},
+}
+
+
+def matmul_params(model: nn.Module) -> int:
+    """N: parameters that take part in a matmul (all but index-lookup embedding tables).
+
+    An embedding table that another module also owns (a tied LM head) is a matmul weight
+    too and counts, once.
+    """
+    owners: dict[int, list[nn.Module]] = {}
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            owners.setdefault(id(p), []).append(m)
+    lookup_only = {
+        pid for pid, mods in owners.items() if all(isinstance(m, nn.Embedding) for m in mods)
+    }
+    return sum(p.numel() for p in model.parameters() if id(p) not in lookup_only)
+
+
+def flops_per_token(n_params: int, n_layer: int, d_attn: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6 N + 12 L d_attn T (forward + backward)."""
+    return 6.0 * n_params + 12.0 * n_layer * d_attn * seq_len
+
+
+def model_flops_per_token(model: nn.Module, seq_len: int) -> float:
+    """`flops_per_token` for an lmforge decoder, reading L and d_attn from `model.config`."""
+    cfg = model.config
+    n_head = cfg.n_head
+    head_dim = getattr(cfg, "head_dim", None) or cfg.d_model // n_head
+    return flops_per_token(matmul_params(model), cfg.n_layer, n_head * head_dim, seq_len)
+
+
+def gpu_peak_flops(device_name: str, dtype: str = "bf16") -> float | None:
+    """The data-sheet peak for a GPU name as `torch.cuda.get_device_name` reports it."""
+    for fragment, peaks in GPU_PEAK_FLOPS.items():  # more specific names come first
+        if fragment.lower() in device_name.lower():
+            return peaks.get(dtype) or None
+    return None
+
+
+def measure_matmul_flops(
+    n: int = 1024, dtype: torch.dtype = torch.float32, seconds: float = 0.3, device: str = "cpu",
+    timer=time.perf_counter,
+) -> float:
+    """Best observed FLOP/s of an (n x n) @ (n x n) matmul: the practical ceiling.
+
+    `timer` measures one matmul (wall clock by default; `time.thread_time` counts only
+    the CPU time of a single-threaded run, which machine load does not inflate).
+    """
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    out = torch.empty(n, n, dtype=dtype, device=device)
+    torch.matmul(a, b, out=out)  # warm up
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while True:
+        t0 = timer()
+        torch.matmul(a, b, out=out)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = max(best, 2.0 * n**3 / max(timer() - t0, 1e-9))
+        if time.perf_counter() > deadline:
+            return best
+
+
+def peak_flops(device: torch.device | str, precision: str = "fp32") -> tuple[float, str]:
+    """(peak FLOP/s, where the figure comes from) for MFU on `device`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = gpu_peak_flops(name, precision)
+        if peak:
+            return peak, f"{name} data sheet ({precision})"
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        return measure_matmul_flops(4096, dtype, device="cuda"), f"{name} measured matmul"
+    threads = torch.get_num_threads()
+    return measure_matmul_flops(), f"CPU fp32 matmul ceiling, {threads} threads (measured)"
+
+
+def mfu(flops_per_tok: float, tokens_per_s: float, peak: float) -> float:
+    """Model FLOPs utilization: achieved FLOP/s over the peak."""
+    return flops_per_tok * tokens_per_s / peak if peak else 0.0

@@ -1,0 +1,283 @@
+"""The pretraining recipe: `lmforge pretrain CONFIG [key=value ...] [--resume]`.
+
+One visible function, read top to bottom:
+
+    1. check the run dir (refuse to overwrite a run; find the checkpoint to resume)
+    2. tokenizer: load tokenizer.path, or the run's own on resume, or train one
+    3. model config: preset + overrides, vocab size from the tokenizer
+    4. token shards: reuse them when they match the tokenizer and corpus, else write
+    5. RUN_DIR/config.yaml: the fully resolved config, so that
+       `lmforge pretrain RUN_DIR/config.yaml run_dir=NEW` reproduces this run
+    6. model, objective, trainer.fit (eval, logs, checkpoints, MFU)
+    7. a sample from the prompt; the summary (also the last line of metrics.jsonl)
+
+Bad input (a config key, a corpus, a checkpoint that does not fit) raises an
+LmforgeError before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import dump_yaml, from_dict, load_config, to_dict
+from .errors import CheckpointError, ConfigError, DataError
+from .training.checkpoint import latest_checkpoint, read_meta
+from .training.config import RunConfig
+from .training.trainer import Trainer, torch_threads
+
+# Model-config fields that may change between a checkpoint and its resume.
+RUNTIME_MODEL_KEYS = ("dropout", "gradient_checkpointing")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_model_config(model: dict, vocab_size: int, tokenizer=None):
+    """`model:` section -> ModelConfig: the preset, then the other keys, then the vocab.
+
+    The vocabulary size and the special-token ids (eos / bos / pad) come from the
+    tokenizer unless the section sets them; a larger vocab_size pads the table.
+    """
+    from .models import ModelConfig, presets
+
+    model = dict(model)
+    preset = model.pop("preset", None)
+    base: dict = {}
+    if preset is not None:
+        if not isinstance(preset, str):
+            raise ConfigError(f"config key 'model.preset': expected a name, got {preset!r}")
+        base = to_dict(presets.get(preset))
+    merged = {**base, **model}
+    requested = merged.get("vocab_size") if "vocab_size" in model else None
+    if requested is not None and requested < vocab_size:
+        raise ConfigError(
+            f"config key 'model.vocab_size': {requested} is smaller than the tokenizer's "
+            f"vocabulary ({vocab_size})"
+        )
+    merged["vocab_size"] = requested or vocab_size
+    if tokenizer is not None:
+        ids = {"eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id,
+               "bos_token_id": tokenizer.bos_id if tokenizer.bos_id is not None
+               else tokenizer.eos_id}  # GPT-2 style: <|endoftext|> also begins
+        for key, value in ids.items():
+            if key not in model:
+                merged[key] = value
+    return from_dict(ModelConfig, merged, prefix="model")
+
+
+def read_docs(cfg: RunConfig) -> list[str]:
+    """The corpus as documents, cut to `data.max_chars` characters when set."""
+    from .data import read_corpus
+
+    docs = read_corpus(cfg.data.corpus, text_field=cfg.data.text_field)
+    return take_chars(docs, cfg.data.max_chars)
+
+
+def take_chars(docs: list[str], limit: int | None) -> list[str]:
+    """The first `limit` characters of the document list (the last one cut)."""
+    if limit is None:
+        return docs
+    out, left = [], limit
+    for d in docs:
+        if left <= 0:
+            break
+        out.append(d[:left])
+        left -= len(out[-1])
+    return out
+
+
+def _source(cfg: RunConfig) -> str:
+    """What the shards were made from: they are reused only when this matches."""
+    d = cfg.data
+    corpus = d.corpus if isinstance(d.corpus, str) else ",".join(d.corpus)
+    return f"{corpus}|field={d.text_field}|max_chars={d.max_chars}"
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def pretrain(cfg: RunConfig, resume: bool = False) -> dict:
+    """Pretrain a model as `cfg` says (or resume its run); return the run summary."""
+    from .data import ChunkSampler, eval_batches, open_shards, write_shards
+    from .data.shards import fingerprint
+    from .data.shards import read_meta as read_shard_meta
+    from .models import build
+    from .objectives import build as build_objective
+    from .tokenizer import Tokenizer
+
+    run_dir = Path(cfg.run_dir)
+    tok_file = run_dir / "tokenizer.json"
+    train = cfg.train
+
+    # 1. the run dir: resume needs a complete checkpoint; a fresh run never overwrites one
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    if resume and latest is None:
+        raise CheckpointError(f"nothing to resume: no complete checkpoint in {run_dir}/checkpoints")
+    if not resume and latest is not None:
+        raise CheckpointError(
+            f"{run_dir} already holds a run ({latest.name}); pass --resume to continue it, "
+            "or set run_dir=NEW_DIR to train again from scratch"
+        )
+
+    with torch_threads(train.threads):
+        seed_everything(cfg.seed)
+
+        # 2. the tokenizer: given, the run's own (resume), or trained below
+        tokenizer = None
+        tok_source = cfg.tokenizer.path or (str(tok_file) if resume else None)
+        if tok_source is not None:
+            tokenizer = Tokenizer.load(tok_source)
+        vocab_size = tokenizer.vocab_size if tokenizer else cfg.tokenizer.vocab_size
+
+        # 3. the model config (validated now, before anything is written)
+        model_cfg = resolve_model_config(cfg.model, vocab_size, tokenizer)
+        if train.seq_len > model_cfg.max_seq_len:
+            raise ConfigError(
+                f"config key 'train.seq_len': {train.seq_len} is longer than the model's "
+                f"context (model.max_seq_len = {model_cfg.max_seq_len})"
+            )
+        if resume:
+            check_resumable(latest, model_cfg.to_dict(), fingerprint(tokenizer))
+
+        # 4. the data: read once if the tokenizer or the shards need it
+        shards_dir = Path(cfg.data.shards) if cfg.data.shards else run_dir / "shards"
+        shard_meta = read_shard_meta(shards_dir)
+        docs = None
+        if tokenizer is None:
+            docs = read_docs(cfg)
+            texts = take_chars(docs, cfg.tokenizer.train_chars)
+            _say(f"training a {cfg.tokenizer.vocab_size}-token BPE tokenizer on "
+                 f"{sum(map(len, texts)):,} characters")
+            tokenizer = Tokenizer.train(
+                texts, vocab_size=cfg.tokenizer.vocab_size,
+                special_tokens=list(cfg.tokenizer.special_tokens), pattern=cfg.tokenizer.pattern,
+                progress=train.progress,
+            )
+        model_cfg = resolve_model_config(cfg.model, tokenizer.vocab_size, tokenizer)
+        if tokenizer.eos_id is None:
+            raise ConfigError("config key 'tokenizer.special_tokens': the tokenizer needs an "
+                              "end-of-text token to separate documents")
+        tok_hash = fingerprint(tokenizer)
+        wanted = {"tokenizer_hash": tok_hash, "source": _source(cfg),
+                  "val_fraction": cfg.data.val_fraction, "seed": cfg.seed}
+        reuse = shard_meta is not None and all(shard_meta.get(k) == v for k, v in wanted.items())
+        if shard_meta is not None and not reuse and cfg.data.shards is not None:
+            raise DataError(
+                f"token shards in {shards_dir} were made from another corpus, tokenizer or "
+                "split; delete them or set data.shards to another folder"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if Path(tok_source or "").resolve() != tok_file.resolve():
+            tokenizer.save(tok_file)
+        if not reuse:
+            docs = docs if docs is not None else read_docs(cfg)
+            _say(f"tokenizing {len(docs)} documents into {shards_dir}")
+            write_shards(docs, tokenizer, shards_dir, val_fraction=cfg.data.val_fraction,
+                         seed=cfg.seed, source=_source(cfg))
+        shards = open_shards(shards_dir, tokenizer_hash=tok_hash)
+
+        # 5. the resolved config: no preset indirection, this run's tokenizer and shards
+        resolved = dataclasses.replace(
+            cfg,
+            model=model_cfg.to_dict(),
+            tokenizer=dataclasses.replace(cfg.tokenizer, path=str(tok_file),
+                                          vocab_size=tokenizer.vocab_size),
+            data=dataclasses.replace(cfg.data, shards=str(shards_dir)),
+        )
+        dump_yaml(resolved, run_dir / "config.yaml")
+
+        # 6. model, objective, trainer
+        torch.manual_seed(cfg.seed)
+        model = build(model_cfg)
+        objective = build_objective(cfg.objective.name)
+        sampler = ChunkSampler(shards.train, train.seq_len, train.batch_size, seed=cfg.seed)
+        eval_data = None
+        if shards.val:
+            def eval_data():
+                return eval_batches(shards.val, train.seq_len, train.batch_size,
+                                    train.eval_batches)
+        n_params = sum(p.numel() for p in model.parameters())
+        _say(f"{run_dir}: {n_params / 1e6:.2f}M parameters, "
+             f"{shards.tokens('train'):,} train tokens, {train.tokens_per_step:,} tokens/step, "
+             f"{'resuming' if resume else 'training'} to step {train.max_steps}")
+        trainer = Trainer(model, objective, train, run_dir, model_config=model_cfg.to_dict(),
+                          meta={"tokenizer_hash": tok_hash})
+        summary = trainer.fit(sampler, eval_data, resume=resume)
+
+        # 7. a sample from the trained model
+        if cfg.sample.prompt:
+            summary["sample"] = sample_text(trainer.model, tokenizer, cfg)
+        summary["run_dir"] = str(run_dir)
+        return summary
+
+
+def check_resumable(ckpt: Path, model_cfg: dict, tokenizer_hash: str) -> None:
+    """Refuse a checkpoint whose architecture, vocab or tokenizer differs from the config."""
+    meta = read_meta(ckpt)
+    saved = meta.get("model_config") or {}
+    diff = sorted(
+        k for k in set(saved) | set(model_cfg)
+        if k not in RUNTIME_MODEL_KEYS and saved.get(k) != model_cfg.get(k)
+    )
+    if diff:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {model_cfg.get(k)!r}" for k in diff[:4])
+        raise CheckpointError(
+            f"checkpoint {ckpt} is from another model (differs in {shown}); "
+            "resume with the run's own config.yaml"
+        )
+    saved_tok = meta.get("tokenizer_hash")
+    if saved_tok is not None and saved_tok != tokenizer_hash:
+        raise CheckpointError(f"checkpoint {ckpt} was trained with another tokenizer")
+
+
+@torch.no_grad()
+def sample_text(model, tokenizer, cfg: RunConfig) -> str:
+    """Continue `sample.prompt` with the trained model (seeded; temperature 0 = greedy)."""
+    from .generation import generate
+
+    s = cfg.sample
+    model.eval()
+    device = next(model.parameters()).device
+    ids = tokenizer.encode(s.prompt)[-(model.config.max_seq_len - 1):]
+    room = model.config.max_seq_len - len(ids)  # learned positions end at max_seq_len
+    out = generate(
+        model, torch.tensor([ids], device=device),
+        max_new_tokens=max(1, min(s.max_new_tokens, room)),
+        do_sample=s.temperature > 0, temperature=s.temperature or 1.0, top_k=s.top_k or 0,
+        generator=torch.Generator(device).manual_seed(cfg.seed),
+    )
+    return tokenizer.decode(out[0].tolist())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lmforge.pretrain CONFIG [--resume] [key=value ...]` (the CLI's twin)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    resume = "--resume" in argv
+    args = [a for a in argv if a != "--resume"]
+    if not args:
+        print("usage: python -m lmforge.pretrain CONFIG [--resume] [key=value ...]",
+              file=sys.stderr)
+        return 2
+    cfg = load_config(args[0], RunConfig, args[1:])
+    summary = pretrain(cfg, resume=resume)
+    for key in ("step", "final_loss", "val_loss", "val_ppl", "tok_per_s", "mfu", "train_flops"):
+        if summary.get(key) is not None:
+            print(f"{key}: {summary[key]:.6g}" if isinstance(summary[key], float)
+                  else f"{key}: {summary[key]}")
+    if "sample" in summary:
+        print(f"sample:\n{summary['sample']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
