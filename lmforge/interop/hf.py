@@ -1,10 +1,12 @@
-"""Hugging Face checkpoints <-> lmforge models (decoder families).
+"""Hugging Face checkpoints <-> lmforge models (decoder and encoder families).
 
     model = load_hf("hf_dir")       # config.json + model.safetensors (or a sharded index)
     save_hf(model, "out_dir")       # config.json + model.safetensors, written atomically
 
 Supported classes: GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM,
-Qwen2ForCausalLM, GemmaForCausalLM. Each family is two small pieces of data:
+Qwen2ForCausalLM, GemmaForCausalLM; BertModel, BertForPreTraining, BertForMaskedLM,
+RobertaForMaskedLM, ElectraForPreTraining, ElectraForMaskedLM, AlbertForPreTraining.
+Each family is two small pieces of data:
 
 - a config translation, `config.json` dict <-> `ModelConfig` (`config_from_hf`,
   `config_to_hf`), with the transformers defaults for keys `save_pretrained` leaves out;
@@ -12,7 +14,8 @@ Qwen2ForCausalLM, GemmaForCausalLM. Each family is two small pieces of data:
   names are concatenated along dim 0 (q, k, v -> our fused qkv; gate, up -> our fc1);
   GPT-2's Conv1D stores weights as (in, out), so those are transposed.
 
-Encoder and seq2seq families will add their own tables next to these. Tensors are only
+Encoder MLM decoders are tied to the token embeddings, so their HF copies are never read
+or written. Seq2seq families will add their own tables next to these. Tensors are only
 ever read from safetensors files; pickled checkpoints are refused.
 """
 
@@ -96,6 +99,107 @@ LLAMA_TABLE = [  # also Mistral, Qwen2 and Gemma: same names, different flags
     _rule("lm_head.weight", "lm_head.weight"),
 ]
 
+
+def _encoder_table(p: str, layer: str, names: dict[str, str], pooler: str) -> list[Rule]:
+    """Embeddings + blocks + pooler of a BERT-style body under prefix `p` ("bert." ...).
+
+    `layer` is the HF prefix of block {i}; `names` maps our block tensors to HF suffixes.
+    """
+    rows = [
+        _rule("tok_embed.weight", p + "embeddings.word_embeddings.weight"),
+        _rule("pos_embed.weight", p + "embeddings.position_embeddings.weight"),
+        _rule("type_embed.weight", p + "embeddings.token_type_embeddings.weight"),
+        _rule("embed_norm.weight", p + "embeddings.LayerNorm.weight"),
+        _rule("embed_norm.bias", p + "embeddings.LayerNorm.bias"),
+        _rule("pooler.dense.weight", p + pooler + ".weight"),
+        _rule("pooler.dense.bias", p + pooler + ".bias"),
+    ]
+    for kind in ("weight", "bias"):
+        qkv = (layer + names[n] + f".{kind}" for n in ("query", "key", "value"))
+        rows.append(_rule(f"blocks.{{i}}.attn.qkv.{kind}", *qkv))
+        for ours in ("attn.out", "attn_norm", "ffn.fc1", "ffn.fc2", "ffn_norm"):
+            rows.append(_rule(f"blocks.{{i}}.{ours}.{kind}", layer + names[ours] + f".{kind}"))
+    return rows
+
+
+_BERT_LAYER = dict(
+    query="attention.self.query", key="attention.self.key", value="attention.self.value",
+    **{"attn.out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
+       "ffn.fc1": "intermediate.dense", "ffn.fc2": "output.dense",
+       "ffn_norm": "output.LayerNorm"},
+)  # fmt: skip
+_ALBERT_LAYER = dict(
+    query="attention.query", key="attention.key", value="attention.value",
+    **{"attn.out": "attention.dense", "attn_norm": "attention.LayerNorm", "ffn.fc1": "ffn",
+       "ffn.fc2": "ffn_output", "ffn_norm": "full_layer_layer_norm"},
+)  # fmt: skip
+
+
+def _bert_body(p: str) -> list[Rule]:
+    return _encoder_table(p, p + "encoder.layer.{i}.", _BERT_LAYER, "pooler.dense")
+
+
+def _mlm_rows(dense: str, norm: str, bias: str) -> list[Rule]:
+    """MLM transform + output bias; the decoder matrix is tied to the token embedding."""
+    return [
+        _rule("mlm_head.dense.weight", dense + ".weight"),
+        _rule("mlm_head.dense.bias", dense + ".bias"),
+        _rule("mlm_head.norm.weight", norm + ".weight"),
+        _rule("mlm_head.norm.bias", norm + ".bias"),
+        _rule("mlm_head.bias", bias),
+    ]
+
+
+def _pair_rows(name: str) -> list[Rule]:
+    return [_rule("pair_head.weight", name + ".weight"), _rule("pair_head.bias", name + ".bias")]
+
+
+BERT_TABLE = _bert_body("")  # BertModel files hold the body without a prefix
+BERT_PRETRAINING_TABLE = [
+    *_bert_body("bert."),
+    *_mlm_rows("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+               "cls.predictions.bias"),
+    *_pair_rows("cls.seq_relationship"),
+]  # fmt: skip
+BERT_MLM_TABLE = BERT_PRETRAINING_TABLE[:-2]
+ROBERTA_MLM_TABLE = [
+    *_bert_body("roberta."),
+    *_mlm_rows("lm_head.dense", "lm_head.layer_norm", "lm_head.bias"),
+]
+_ELECTRA_BODY = [
+    *_bert_body("electra."),
+    _rule("embed_proj.weight", "electra.embeddings_project.weight"),
+    _rule("embed_proj.bias", "electra.embeddings_project.bias"),
+]
+ELECTRA_PRETRAINING_TABLE = [
+    *_ELECTRA_BODY,
+    _rule("rtd_head.dense.weight", "discriminator_predictions.dense.weight"),
+    _rule("rtd_head.dense.bias", "discriminator_predictions.dense.bias"),
+    _rule("rtd_head.out.weight", "discriminator_predictions.dense_prediction.weight"),
+    _rule("rtd_head.out.bias", "discriminator_predictions.dense_prediction.bias"),
+]
+ELECTRA_MLM_TABLE = [
+    *_ELECTRA_BODY,
+    *_mlm_rows("generator_predictions.dense", "generator_predictions.LayerNorm",
+               "generator_lm_head.bias"),
+]  # fmt: skip
+# ALBERT: one shared layer (num_hidden_groups = inner_group_num = 1), so block 0 only.
+ALBERT_PRETRAINING_TABLE = [
+    *_encoder_table(
+        "albert.", "albert.encoder.albert_layer_groups.0.albert_layers.0.", _ALBERT_LAYER, "pooler"
+    ),
+    _rule("embed_proj.weight", "albert.encoder.embedding_hidden_mapping_in.weight"),
+    _rule("embed_proj.bias", "albert.encoder.embedding_hidden_mapping_in.bias"),
+    *_mlm_rows("predictions.dense", "predictions.LayerNorm", "predictions.bias"),
+    *_pair_rows("sop_classifier.classifier"),
+]
+# Tied MLM decoders: transformers writes none or both of these; ours is the embedding.
+TIED_HF_NAMES = (
+    "cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "lm_head.decoder.weight",
+    "lm_head.decoder.bias", "generator_lm_head.weight", "predictions.decoder.weight",
+    "predictions.decoder.bias",
+)  # fmt: skip
+
 # HF class -> (family, model_type, weight table)
 ARCHITECTURES = {
     "GPT2LMHeadModel": ("gpt2", "gpt2", GPT2_TABLE),
@@ -103,13 +207,43 @@ ARCHITECTURES = {
     "MistralForCausalLM": ("mistral", "mistral", LLAMA_TABLE),
     "Qwen2ForCausalLM": ("qwen2", "qwen2", LLAMA_TABLE),
     "GemmaForCausalLM": ("gemma", "gemma", LLAMA_TABLE),
+    "BertModel": ("bert", "bert", BERT_TABLE),
+    "BertForPreTraining": ("bert", "bert", BERT_PRETRAINING_TABLE),
+    "BertForMaskedLM": ("bert", "bert", BERT_MLM_TABLE),
+    "RobertaForMaskedLM": ("roberta", "roberta", ROBERTA_MLM_TABLE),
+    "ElectraForPreTraining": ("electra", "electra", ELECTRA_PRETRAINING_TABLE),
+    "ElectraForMaskedLM": ("electra", "electra", ELECTRA_MLM_TABLE),
+    "AlbertForPreTraining": ("albert", "albert", ALBERT_PRETRAINING_TABLE),
 }
-FAMILY_TO_ARCH = {family: arch for arch, (family, _, _) in ARCHITECTURES.items()}
+# Encoder class -> (encoder_head, has a pooler)
+ENCODER_CLASSES = {
+    "BertModel": ("none", True),
+    "BertForPreTraining": ("mlm_nsp", True),
+    "BertForMaskedLM": ("mlm", False),
+    "RobertaForMaskedLM": ("mlm", False),
+    "ElectraForPreTraining": ("rtd", False),
+    "ElectraForMaskedLM": ("mlm", False),
+    "AlbertForPreTraining": ("mlm_sop", True),
+}
+FAMILY_TO_ARCH = {
+    family: arch for arch, (family, _, _) in ARCHITECTURES.items() if arch not in ENCODER_CLASSES
+}
 FAMILY_TO_ARCH["gpt3"] = "GPT2LMHeadModel"  # GPT-3 shapes are GPT-2's layout
-MODEL_TYPE_TO_ARCH = {model_type: arch for arch, (_, model_type, _) in ARCHITECTURES.items()}
+MODEL_TYPE_TO_ARCH = {
+    model_type: arch
+    for arch, (_, model_type, _) in ARCHITECTURES.items()
+    if arch not in ENCODER_CLASSES
+}
+MODEL_TYPE_TO_ARCH.update(
+    bert="BertModel", roberta="RobertaForMaskedLM", electra="ElectraForPreTraining",
+    albert="AlbertForPreTraining",
+)  # fmt: skip
 
 # HF tensors we know and do not need (causal-mask buffers of old GPT-2 files, RoPE tables).
-IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
+IGNORED_SUFFIXES = (
+    ".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq",
+    "embeddings.position_ids", "embeddings.token_type_ids",  # BERT-family buffers
+)  # fmt: skip
 
 
 def _expand(table: list[Rule], n_layer: int) -> list[Rule]:
@@ -132,7 +266,8 @@ def _rules_for(model_keys: set[str], config: ModelConfig, table: list[Rule]) -> 
     return [
         r
         for r in _expand(table, config.n_layer)
-        if r.ours in model_keys and not (r.ours == "lm_head.weight" and config.tie_embeddings)
+        if r.ours in model_keys
+        and not (r.ours in ("lm_head.weight", "mlm_head.decoder.weight") and config.tie_embeddings)
     ]
 
 
@@ -183,6 +318,34 @@ HF_DEFAULTS: dict[str, dict[str, Any]] = {
         bos_token_id=2, eos_token_id=1, pad_token_id=0, tie_word_embeddings=True,
         attention_bias=False,
     ),
+    "bert": dict(
+        vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+        intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
+        max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0,
+        bos_token_id=None, eos_token_id=None, tie_word_embeddings=True,
+        position_embedding_type="absolute",
+    ),
+    "roberta": dict(
+        vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+        intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
+        max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=1,
+        bos_token_id=0, eos_token_id=2, tie_word_embeddings=True,
+        position_embedding_type="absolute",
+    ),
+    "electra": dict(
+        vocab_size=30522, embedding_size=128, hidden_size=256, num_hidden_layers=12,
+        num_attention_heads=4, intermediate_size=1024, hidden_act="gelu",
+        hidden_dropout_prob=0.1, max_position_embeddings=512, type_vocab_size=2,
+        layer_norm_eps=1e-12, pad_token_id=0, bos_token_id=None, eos_token_id=None,
+        tie_word_embeddings=True, position_embedding_type="absolute",
+    ),
+    "albert": dict(
+        vocab_size=30000, embedding_size=128, hidden_size=4096, num_hidden_layers=12,
+        num_hidden_groups=1, num_attention_heads=64, intermediate_size=16384, inner_group_num=1,
+        hidden_act="gelu_new", hidden_dropout_prob=0.0, max_position_embeddings=512,
+        type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=0, bos_token_id=2,
+        eos_token_id=3, tie_word_embeddings=True, position_embedding_type="absolute",
+    ),
 }  # fmt: skip
 
 
@@ -214,6 +377,8 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     c = {**HF_DEFAULTS[model_type], **{k: v for k, v in hf.items() if v is not None}}
     c.setdefault("pad_token_id", None)
     try:
+        if _architecture(hf) in ENCODER_CLASSES:
+            return _encoder_config_from_hf(c, _architecture(hf))
         if model_type == "gpt2":
             return _canonical(_gpt2_config_from_hf(c))
         return _canonical(_llama_config_from_hf(c, family))
@@ -333,8 +498,137 @@ def _llama_config_from_hf(c: dict[str, Any], family: str) -> ModelConfig:
     )
 
 
+def _encoder_config_from_hf(c: dict[str, Any], arch: str) -> ModelConfig:
+    family = ARCHITECTURES[arch][0]
+    head, pooler = ENCODER_CLASSES[arch]
+    if c.get("position_embedding_type", "absolute") != "absolute":
+        raise CheckpointError("only absolute position embeddings are supported")
+    if family == "albert" and (c["num_hidden_groups"] != 1 or c["inner_group_num"] != 1):
+        raise CheckpointError("ALBERT with num_hidden_groups or inner_group_num != 1")
+    act = _activation(c["hidden_act"])
+    fixed_gelu = family == "roberta" or arch == "ElectraForMaskedLM"
+    if fixed_gelu and head == "mlm" and act != "gelu":  # their MLM heads always use gelu
+        raise CheckpointError(f"{arch} with hidden_act={c['hidden_act']!r} is not supported")
+    embedding_size = c.get("embedding_size")
+    if family == "electra" and embedding_size == c["hidden_size"]:
+        embedding_size = None  # no embeddings_project layer then
+    pad = _token_id(c["pad_token_id"])
+    return ModelConfig(
+        arch="encoder",
+        family=family,
+        encoder_head=head,
+        pooler=pooler,
+        vocab_size=c["vocab_size"],
+        max_seq_len=c["max_position_embeddings"],
+        d_model=c["hidden_size"],
+        n_layer=c["num_hidden_layers"],
+        n_head=c["num_attention_heads"],
+        d_ff=None if c["intermediate_size"] == 4 * c["hidden_size"] else c["intermediate_size"],
+        norm="layernorm",
+        norm_eps=c["layer_norm_eps"],
+        norm_position="post",
+        activation=act,
+        positions="learned",
+        type_vocab_size=c["type_vocab_size"],
+        position_offset=pad + 1 if family == "roberta" else None,
+        embedding_size=embedding_size if family in ("electra", "albert") else None,
+        share_layers=family == "albert",
+        tie_embeddings=c["tie_word_embeddings"],
+        dropout=c["hidden_dropout_prob"],
+        init_std=c.get("initializer_range", 0.02),
+        bos_token_id=_token_id(c["bos_token_id"]),
+        eos_token_id=_token_id(c["eos_token_id"]),
+        pad_token_id=pad,
+    )
+
+
+ENCODER_ARCH = {
+    ("bert", "none"): "BertModel",
+    ("bert", "mlm_nsp"): "BertForPreTraining",
+    ("bert", "mlm"): "BertForMaskedLM",
+    ("roberta", "mlm"): "RobertaForMaskedLM",
+    ("electra", "rtd"): "ElectraForPreTraining",
+    ("electra", "mlm"): "ElectraForMaskedLM",
+    ("albert", "mlm_sop"): "AlbertForPreTraining",
+}
+
+
+def _encoder_architecture(config: ModelConfig) -> str:
+    family = config.family
+    if family is None:  # a hand-made config: guess from the flags
+        if config.share_layers:
+            family = "albert"
+        elif config.position_offset is not None:
+            family = "roberta"
+        elif config.embedding_size is not None:
+            family = "electra"
+        else:
+            family = "bert"
+    key = (family, config.encoder_head)
+    if key not in ENCODER_ARCH:
+        known = ", ".join(f"{f}+{h}" for f, h in ENCODER_ARCH)
+        raise CheckpointError(
+            f"no Hugging Face class for family={family!r} with encoder_head="
+            f"{config.encoder_head!r} (supported: {known})"
+        )
+    return ENCODER_ARCH[key]
+
+
+def _encoder_config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    arch = _encoder_architecture(config)
+    family = ARCHITECTURES[arch][0]
+    head, pooler = ENCODER_CLASSES[arch]
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise CheckpointError(f"{arch} cannot represent this model: {what}")
+
+    need(config.norm_position == "post" and not config.has_final_norm, "needs post-LN")
+    need(config.norm == "layernorm" and config.ffn == "mlp", "needs LayerNorm and a plain FFN")
+    need(config.bias and config.has_qkv_bias, "needs biases")
+    need(config.kv_heads == config.n_head, "no grouped-query attention")
+    need(config.head_size * config.n_head == config.d_model, "head_dim * n_head == d_model")
+    need(config.pooler == pooler, f"pooler must be {pooler}")
+    need(config.tie_embeddings, "the MLM decoder must be tied to the embeddings")
+    need(config.type_vocab_size > 0, "needs token-type embeddings")
+    need(config.share_layers == (family == "albert"), "only ALBERT shares layers")
+    need((config.position_offset is not None) == (family == "roberta"), "position_offset")
+    if family in ("bert", "roberta"):
+        need(config.embedding_size is None, "no factorized embedding_size")
+    if family == "albert":
+        need(config.embedding_size is not None, "ALBERT needs embedding_size")
+    if family == "roberta" or arch == "ElectraForMaskedLM":
+        need(config.activation == "gelu", "activation must be gelu")
+    hf = dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        intermediate_size=config.ffn_size,
+        hidden_act=ACT_TO_HF[config.activation],
+        hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.dropout,
+        max_position_embeddings=config.max_seq_len,
+        type_vocab_size=config.type_vocab_size,
+        layer_norm_eps=config.norm_eps,
+        initializer_range=config.init_std,
+        position_embedding_type="absolute",
+        tie_word_embeddings=True,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+    )
+    if family in ("electra", "albert"):
+        hf["embedding_size"] = config.embed_size
+    if family == "albert":
+        hf.update(num_hidden_groups=1, inner_group_num=1, classifier_dropout_prob=config.dropout)
+    return {"architectures": [arch], "model_type": family, **hf}
+
+
 def hf_architecture(config: ModelConfig) -> str:
     """The transformers class that can hold this config's model."""
+    if config.arch == "encoder":
+        return _encoder_architecture(config)
     family = config.family
     if family is None:  # a hand-made config: guess from the flags
         if config.norm == "layernorm":
@@ -354,6 +648,8 @@ def hf_architecture(config: ModelConfig) -> str:
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """`ModelConfig` -> a transformers `config.json` dict (every key written out)."""
+    if config.arch == "encoder":
+        return _encoder_config_to_hf(config)
     arch = hf_architecture(config)
     family, model_type, _ = ARCHITECTURES[arch]
 
@@ -532,6 +828,7 @@ def load_hf(path: str | Path, dtype: torch.dtype | None = None) -> torch.nn.Modu
         if name not in used
         and not name.endswith(IGNORED_SUFFIXES)
         and not (name == "lm_head.weight" and config.tie_embeddings)
+        and not (name in TIED_HF_NAMES and config.arch == "encoder")
     ]
     if unexpected:
         raise CheckpointError(

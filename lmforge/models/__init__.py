@@ -12,14 +12,26 @@ from ..errors import ConfigError
 from . import presets
 from .config import ModelConfig
 from .decoder import CausalLMOutput, Decoder
+from .encoder import Encoder, EncoderOutput
 from .layers import KVCache
 
 
 def build(config: ModelConfig) -> nn.Module:
-    """The model for `config.arch` ("decoder"; encoders and seq2seq come later)."""
+    """The model for `config.arch` ("decoder" or "encoder"; seq2seq comes later)."""
     if config.arch == "decoder":
         return Decoder(config)
-    raise ConfigError(f"model.arch: {config.arch!r} is not available yet (known: decoder)")
+    if config.arch == "encoder":
+        return Encoder(config)
+    raise ConfigError(f"model.arch: {config.arch!r} is not available yet (known: decoder, encoder)")
 
 
-__all__ = ["CausalLMOutput", "Decoder", "KVCache", "ModelConfig", "build", "presets"]
+__all__ = [
+    "CausalLMOutput",
+    "Decoder",
+    "Encoder",
+    "EncoderOutput",
+    "KVCache",
+    "ModelConfig",
+    "build",
+    "presets",
+]

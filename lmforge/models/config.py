@@ -13,6 +13,10 @@ apart is a handful of flags here (see `presets.py` for the published shapes):
 
     * Llama 3.2 1B / 3B tie their embeddings.
 
+Encoders (arch="encoder": BERT, RoBERTa, ELECTRA, ALBERT) add a few flags of their own,
+tabled in encoder.py: encoder_head, type_vocab_size, pooler, position_offset,
+embedding_size, share_layers.
+
 `__post_init__` checks every field and raises `ConfigError` naming the field and what was
 expected, so a typo in a YAML recipe fails before any tensor is allocated.
 """
@@ -25,8 +29,15 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 
-FAMILIES = ("gpt1", "gpt2", "gpt3", "llama", "mistral", "qwen2", "gemma")
-ARCHS = ("decoder",)  # "encoder" and "seq2seq" arrive with their own issues
+FAMILIES = (
+    "gpt1", "gpt2", "gpt3", "llama", "mistral", "qwen2", "gemma",
+    "bert", "roberta", "electra", "albert",
+)  # fmt: skip
+ARCHS = ("decoder", "encoder")  # "seq2seq" arrives with its own issue
+# Encoder heads (see encoder.py): none = base model (BertModel), mlm = masked LM,
+# mlm_nsp = MLM + next-sentence (BertForPreTraining), mlm_sop = MLM + sentence order
+# (AlbertForPreTraining), rtd = replaced-token detection (ELECTRA discriminator).
+ENCODER_HEADS = ("none", "mlm", "mlm_nsp", "mlm_sop", "rtd")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 FFNS = ("mlp", "gated")
@@ -38,7 +49,7 @@ ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_
 @dataclass
 class ModelConfig:
     # --- what kind of model -------------------------------------------------------------
-    arch: Literal["decoder"] = "decoder"
+    arch: Literal["decoder", "encoder"] = "decoder"
     family: str | None = None  # published family this shape follows; picks the HF class
     # --- sizes --------------------------------------------------------------------------
     vocab_size: int = 50257
@@ -76,6 +87,13 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+    # --- encoders only (arch="encoder"; BERT / RoBERTa / ELECTRA / ALBERT) --------------
+    encoder_head: str = "none"  # one of ENCODER_HEADS
+    type_vocab_size: int = 2  # token-type (segment) embedding rows; 0 = none
+    pooler: bool = True  # dense + tanh on the first ([CLS]) position
+    position_offset: int | None = None  # RoBERTa: positions start at pad_token_id + 1
+    embedding_size: int | None = None  # ELECTRA / ALBERT factorized E, projected to d_model
+    share_layers: bool = False  # ALBERT: one block's weights reused by all n_layer layers
 
     def __post_init__(self) -> None:
         def choice(name: str, allowed: tuple[str, ...]) -> None:
@@ -98,6 +116,7 @@ class ModelConfig:
         choice("ffn", FFNS)
         choice("activation", ACTIVATIONS)
         choice("positions", POSITIONS)
+        choice("encoder_head", ENCODER_HEADS)
         for name in ("vocab_size", "max_seq_len", "d_model", "n_layer", "n_head"):
             positive(name)
         for name in ("n_kv_head", "head_dim", "d_ff", "sliding_window"):
@@ -118,6 +137,32 @@ class ModelConfig:
         if self.positions == "sinusoidal" and self.d_model % 2:
             raise ConfigError(
                 f"model.d_model: sinusoidal positions need an even size, got {self.d_model}"
+            )
+        if self.embedding_size is not None:
+            positive("embedding_size")
+        n_types = self.type_vocab_size
+        if isinstance(n_types, bool) or not isinstance(n_types, int) or n_types < 0:
+            raise ConfigError(
+                f"model.type_vocab_size: expected an integer >= 0, got {self.type_vocab_size!r}"
+            )
+        if self.position_offset is not None:
+            positive("position_offset")
+            if self.pad_token_id is None or self.position_offset != self.pad_token_id + 1:
+                raise ConfigError(
+                    f"model.position_offset: RoBERTa-style offsets need "
+                    f"position_offset = pad_token_id + 1, got {self.position_offset!r} with "
+                    f"pad_token_id={self.pad_token_id!r}"
+                )
+        if self.arch != "encoder":
+            for name, default in (
+                ("encoder_head", "none"), ("position_offset", None), ("embedding_size", None),
+                ("share_layers", False),
+            ):  # fmt: skip
+                if getattr(self, name) != default:
+                    raise ConfigError(f"model.{name}: only applies to arch=encoder")
+        elif self.positions != "learned":
+            raise ConfigError(
+                f"model.positions: encoders use learned positions, got {self.positions!r}"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: expected a number in [0, 1), got {self.dropout!r}")
@@ -154,6 +199,15 @@ class ModelConfig:
     @property
     def has_final_norm(self) -> bool:
         return self.norm_position == "pre" if self.final_norm is None else self.final_norm
+
+    @property
+    def embed_size(self) -> int:
+        return self.embedding_size or self.d_model
+
+    @property
+    def n_blocks(self) -> int:
+        """Distinct blocks holding weights: 1 when ALBERT shares one across all layers."""
+        return 1 if self.share_layers else self.n_layer
 
     @property
     def has_qkv_bias(self) -> bool:

@@ -104,6 +104,81 @@ def gemma(**shape) -> ModelConfig:
     return llama(**{**base, **shape})
 
 
+def bert(**shape) -> ModelConfig:
+    # Devlin et al. 2019: post-LN encoder, exact GELU, 30,522 WordPiece tokens, 512
+    # positions, two token types, pooler; pretrained with MLM + NSP (BertForPreTraining).
+    base = dict(
+        arch="encoder",
+        family="bert",
+        encoder_head="mlm_nsp",
+        vocab_size=30522,
+        max_seq_len=512,
+        norm="layernorm",
+        norm_eps=1e-12,
+        norm_position="post",
+        activation="gelu",
+        positions="learned",
+        pad_token_id=0,
+    )
+    return ModelConfig(**{**base, **shape})
+
+
+def roberta(**shape) -> ModelConfig:
+    # Liu et al. 2019: BERT's layout with GPT-2's byte-level BPE (50,265 tokens), MLM only
+    # (no NSP, no pooler), one token type; positions start at pad_token_id + 1 = 2, so the
+    # table has 512 + 2 rows.
+    base = dict(
+        family="roberta",
+        encoder_head="mlm",
+        pooler=False,
+        vocab_size=50265,
+        max_seq_len=514,
+        norm_eps=1e-5,
+        type_vocab_size=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+        position_offset=2,
+    )
+    return bert(**{**base, **shape})
+
+
+def electra(**shape) -> ModelConfig:
+    # Clark et al. 2020: BERT's body; the discriminator carries the replaced-token-detection
+    # head and no pooler. Small uses embeddings of size E=128 < d (projected up).
+    return bert(**{"family": "electra", "encoder_head": "rtd", "pooler": False, **shape})
+
+
+def electra_generator(disc: ModelConfig, multiplier: float) -> ModelConfig:
+    # The generator is the discriminator scaled down in hidden size, FFN size and heads
+    # (Clark et al. 2020, Table 6: 1/4 small, 1/3 base, 1/4 large); it shares the token and
+    # position embeddings, so its embedding size is the discriminator's.
+    d = int(disc.d_model * multiplier)
+    return disc.replace(
+        encoder_head="mlm",
+        d_model=d,
+        n_head=max(1, int(disc.n_head * multiplier)),
+        d_ff=int(disc.ffn_size * multiplier) if disc.d_ff else None,
+        embedding_size=disc.embed_size,
+    )
+
+
+def albert(**shape) -> ModelConfig:
+    # Lan et al. 2020: factorized embeddings (E=128) projected to d, one block shared by all
+    # layers, 30,000 SentencePiece tokens, tanh-GELU; pretrained with MLM + SOP.
+    base = dict(
+        family="albert",
+        encoder_head="mlm_sop",
+        vocab_size=30000,
+        embedding_size=128,
+        share_layers=True,
+        activation="gelu_tanh",
+        bos_token_id=2,
+        eos_token_id=3,
+    )
+    return bert(**{**base, **shape})
+
+
 LLAMA3_SCALING = dict(  # Llama 3.1 / 3.2: 8k pretraining context stretched 32x / 8x
     low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=8192
 )
@@ -222,6 +297,24 @@ _PRESETS: dict[str, Callable[[], ModelConfig]] = {
     # Gemma (Gemma team 2024, Table 1: d_model, layers, FFN, heads, KV heads, head size).
     "gemma-2b": lambda: gemma(n_layer=18, d_model=2048, n_head=8, n_kv_head=1, d_ff=16384),
     "gemma-7b": lambda: gemma(n_layer=28, d_model=3072, n_head=16, n_kv_head=16, d_ff=24576),
+    # BERT (Devlin et al. 2019, Sec. 3: L=12/24, H=768/1024, A=12/16, FFN 4H).
+    "bert-base": lambda: bert(n_layer=12, d_model=768, n_head=12),
+    "bert-large": lambda: bert(n_layer=24, d_model=1024, n_head=16),
+    # RoBERTa (Liu et al. 2019: BERT-base / BERT-large shapes; roberta-*/config.json).
+    "roberta-base": lambda: roberta(n_layer=12, d_model=768, n_head=12),
+    "roberta-large": lambda: roberta(n_layer=24, d_model=1024, n_head=16),
+    # ELECTRA discriminators (Clark et al. 2020, Table 6) and their generators.
+    "electra-small": lambda: electra(
+        n_layer=12, d_model=256, n_head=4, d_ff=1024, embedding_size=128
+    ),
+    "electra-base": lambda: electra(n_layer=12, d_model=768, n_head=12),
+    "electra-large": lambda: electra(n_layer=24, d_model=1024, n_head=16),
+    "electra-small-generator": lambda: electra_generator(get("electra-small"), 1 / 4),
+    "electra-base-generator": lambda: electra_generator(get("electra-base"), 1 / 3),
+    "electra-large-generator": lambda: electra_generator(get("electra-large"), 1 / 4),
+    # ALBERT (Lan et al. 2020, Table 1: L=12/24, H=768/1024, E=128, shared layers).
+    "albert-base": lambda: albert(n_layer=12, d_model=768, n_head=12),
+    "albert-large": lambda: albert(n_layer=24, d_model=1024, n_head=16),
     # Tiny shapes for tests and quick experiments: one per family, a few 100k parameters.
     "tiny-gpt1": lambda: gpt1(n_layer=2, d_model=64, n_head=4, vocab_size=256, max_seq_len=128),
     "tiny-gpt2": lambda: gpt2(n_layer=2, d_model=64, n_head=4, vocab_size=256, max_seq_len=128),
@@ -250,6 +343,16 @@ _PRESETS: dict[str, Callable[[], ModelConfig]] = {
         d_ff=128,
         vocab_size=256,
         max_seq_len=128,
+    ),
+    "tiny-bert": lambda: bert(n_layer=2, d_model=64, n_head=4, vocab_size=256, max_seq_len=128),
+    "tiny-roberta": lambda: roberta(
+        n_layer=2, d_model=64, n_head=4, vocab_size=256, max_seq_len=130
+    ),
+    "tiny-electra": lambda: electra(
+        n_layer=2, d_model=64, n_head=4, vocab_size=256, max_seq_len=128, embedding_size=32
+    ),
+    "tiny-albert": lambda: albert(
+        n_layer=2, d_model=64, n_head=4, vocab_size=256, max_seq_len=128, embedding_size=32
     ),
 }
 
@@ -284,7 +387,23 @@ PUBLISHED: dict[str, tuple[int, bool, str]] = {
     # its embedding counts 256,128 rows); the non-embedding figures are exact.
     "gemma-2b": (1_981_884_416, True, "Gemma team 2024, Table 2: non-embedding 1,981,884,416"),
     "gemma-7b": (7_751_248_896, True, "Gemma team 2024, Table 2: non-embedding 7,751,248,896"),
+    # Encoders: counted with their pretraining heads (the MLM decoder is tied, so it adds
+    # only its transform and bias).
+    "bert-base": (110_000_000, False, "Devlin et al. 2019, Sec. 3: BERT-BASE 110M"),
+    "bert-large": (340_000_000, False, "Devlin et al. 2019, Sec. 3: BERT-LARGE 340M"),
+    "roberta-base": (125_000_000, False, "HF hub FacebookAI/roberta-base: 125M"),
+    "roberta-large": (355_000_000, False, "HF hub FacebookAI/roberta-large: 355M"),
+    # The paper's Table 1 lists ELECTRA-Small at 14M; the discriminator alone (the model
+    # kept after pretraining) is 13,549,057 = transformers' ElectraForPreTraining at its
+    # default (small) config, 13.5M on the HF hub.
+    "electra-small": (13_549_057, True, "transformers ElectraForPreTraining(ElectraConfig())"),
+    "electra-base": (110_000_000, False, "Clark et al. 2020, Table 1: ELECTRA-Base 110M"),
+    "electra-large": (335_000_000, False, "Clark et al. 2020, Table 1: ELECTRA-Large 335M"),
+    "albert-base": (12_000_000, False, "Lan et al. 2020, Table 1: ALBERT base 12M"),
+    "albert-large": (18_000_000, False, "Lan et al. 2020, Table 1: ALBERT large 18M"),
 }
+# Presets whose size no source states (checked by shape instead, in test_encoder_presets.py).
+UNPUBLISHED = ("electra-small-generator", "electra-base-generator", "electra-large-generator")
 NON_EMBEDDING = ("gemma-2b", "gemma-7b")  # PUBLISHED counts that exclude the embedding
 
 

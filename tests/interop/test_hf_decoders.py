@@ -200,7 +200,10 @@ def test_errors_are_one_line_checkpoint_errors(tmp_path):
     hf = _hf_model("llama")
     path = _save(hf, tmp_path / "m")
     cases = [
-        (dict(config={"architectures": ["BertForMaskedLM"]}), "BertForMaskedLM is not supported"),
+        (
+            dict(config={"architectures": ["T5ForConditionalGeneration"]}),
+            "T5ForConditionalGeneration is not supported",
+        ),
         (dict(drop="model.layers.1.mlp.up_proj.weight"), "missing weight"),
         (dict(reshape="model.layers.0.self_attn.k_proj.weight"), "does not fit config.json"),
         (dict(config={"num_key_value_heads": 4}), "does not fit config.json"),

@@ -1,0 +1,180 @@
+"""One bidirectional Transformer encoder for BERT, RoBERTa, ELECTRA and ALBERT.
+
+    tokens -> token + position + token-type embeddings -> LayerNorm (-> E-to-d projection)
+           -> n_layer x Block (bidirectional self-attention + FFN; post-LN as in BERT)
+           -> pooler (tanh on [CLS]) and / or a head: MLM, MLM + NSP / SOP, or RTD
+
+The families differ only in `ModelConfig` flags:
+
+    family   position_offset  embedding_size  share_layers  head(s) in pretraining
+    bert     -                -               no            MLM + NSP
+    roberta  pad_token_id + 1 -               no            MLM (no pooler)
+    electra  -                E < d (small)   no            RTD (discriminator), MLM (generator)
+    albert   -                E (factorized)  yes           MLM + SOP
+
+The calling convention and output names follow `transformers`:
+
+    out = model(input_ids, attention_mask=None, token_type_ids=None, position_ids=None)
+    out.last_hidden_state (B, T, d)       out.pooler_output (B, d) if the model has a pooler
+    encoder_head="mlm":      out.logits (B, T, V)
+    encoder_head="mlm_nsp":  out.prediction_logits (B, T, V), out.seq_relationship_logits (B, 2)
+    encoder_head="mlm_sop":  out.prediction_logits (B, T, V), out.sop_logits (B, 2)
+    encoder_head="rtd":      out.logits (B, T), one replaced-token logit per position
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..errors import ConfigError
+from .config import ModelConfig
+from .heads import MLMHead, Pooler, RTDHead, pair_head
+from .layers import ACTIVATIONS, Block, LayerNorm, attention_mask_4d, make_norm
+
+
+@dataclass
+class EncoderOutput:
+    last_hidden_state: Tensor  # (B, T, d)
+    pooler_output: Tensor | None = None  # (B, d)
+    logits: Tensor | None = None  # MLM (B, T, V) or RTD (B, T)
+    prediction_logits: Tensor | None = None  # MLM logits of the pretraining classes
+    seq_relationship_logits: Tensor | None = None  # NSP (B, 2)
+    sop_logits: Tensor | None = None  # SOP (B, 2)
+
+
+def roberta_positions(input_ids: Tensor, pad_token_id: int) -> Tensor:
+    """RoBERTa's position ids (fairseq `make_positions`): real tokens count up from
+    pad_token_id + 1 and skip pads; pads get pad_token_id (a row never trained)."""
+    real = (input_ids != pad_token_id).long()  # (B, T)
+    return real.cumsum(-1) * real + pad_token_id
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.gradient_checkpointing = config.gradient_checkpointing
+        E, d = config.embed_size, config.d_model
+        self.tok_embed = nn.Embedding(config.vocab_size, E)
+        self.pos_embed = nn.Embedding(config.max_seq_len, E)
+        n_types = config.type_vocab_size
+        self.type_embed = nn.Embedding(n_types, E) if n_types else None
+        self.embed_norm = LayerNorm(E, config.norm_eps)
+        # ELECTRA-small / ALBERT: embeddings of size E < d, projected up to the model width.
+        self.embed_proj = nn.Linear(E, d) if config.embedding_size is not None else None
+        self.drop = nn.Dropout(config.dropout)
+        # ALBERT shares one block across all layers: n_blocks = 1, applied n_layer times.
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_blocks))
+        self.norm_out = make_norm(config) if config.has_final_norm else nn.Identity()
+        self.pooler = Pooler(d) if config.pooler else None
+
+        act = ACTIVATIONS[config.activation]
+        head = config.encoder_head
+        self.mlm_head = None
+        if head in ("mlm", "mlm_nsp", "mlm_sop"):
+            tied_to = self.tok_embed if config.tie_embeddings else None
+            self.mlm_head = MLMHead(d, E, config.vocab_size, tied_to, act, config.norm_eps)
+        self.pair_head = pair_head(d) if head in ("mlm_nsp", "mlm_sop") else None
+        self.rtd_head = RTDHead(d, act) if head == "rtd" else None
+        if self.pair_head is not None and self.pooler is None:
+            raise ConfigError(f"model.pooler: encoder_head={head!r} reads the pooled vector")
+        self.init_weights()
+
+    # --- parameters ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """BERT init: N(0, init_std) for weights and embeddings, zero biases, LayerNorm 1/0."""
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0.0, std)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        if self.mlm_head is not None:
+            nn.init.zeros_(self.mlm_head.bias)
+            if not self.mlm_head.decoder.tied:
+                nn.init.normal_(self.mlm_head.decoder.weight, 0.0, std)
+
+    def tie_weights(self) -> None:
+        if self.mlm_head is not None and self.config.tie_embeddings:
+            self.mlm_head.decoder.tie(self.tok_embed)
+
+    def reset_buffers(self) -> None:
+        """Nothing to recompute (no RoPE / sinusoid tables); here for `load_hf`'s protocol."""
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Parameter count; tied and shared weights count once. `non_embedding` leaves out
+        the token, position and token-type embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            for emb in (self.tok_embed, self.pos_embed, self.type_embed):
+                n -= emb.weight.numel() if emb is not None else 0
+        return n
+
+    # --- forward ------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> EncoderOutput:
+        """input_ids (B, T); attention_mask (B, T), 1 = real token, 0 = padding;
+        token_type_ids (B, T), the segment (0 = A, 1 = B), zeros when not given."""
+        config = self.config
+        B, T = input_ids.shape
+        if attention_mask is not None and attention_mask.shape != (B, T):
+            raise ValueError(
+                f"attention_mask must be (batch, seq) = {(B, T)}, got {tuple(attention_mask.shape)}"
+            )
+        if position_ids is None:
+            if config.position_offset is not None:
+                position_ids = roberta_positions(input_ids, config.pad_token_id)
+            else:
+                position_ids = torch.arange(T, device=input_ids.device)[None]  # (1, T)
+        if int(position_ids.max()) >= config.max_seq_len:
+            raise ValueError(
+                f"position {int(position_ids.max())} is beyond max_seq_len={config.max_seq_len}"
+            )
+
+        x = self.tok_embed(input_ids) + self.pos_embed(position_ids)  # (B, T, E)
+        if self.type_embed is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.type_embed(token_type_ids)
+        x = self.drop(self.embed_norm(x))
+        if self.embed_proj is not None:
+            x = self.embed_proj(x)  # (B, T, d)
+        # Bidirectional: every token sees every real token, before and after it.
+        mask, _ = attention_mask_4d(attention_mask, 0, T, x.device, causal=False)
+
+        for i in range(config.n_layer):
+            block = self.blocks[0 if config.share_layers else i]
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(block, x, mask, use_reentrant=False)
+            else:
+                x = block(x, mask)
+        x = self.norm_out(x)
+
+        out = EncoderOutput(last_hidden_state=x)
+        if self.pooler is not None:
+            out.pooler_output = self.pooler(x)
+        head = config.encoder_head
+        if head == "mlm":
+            out.logits = self.mlm_head(x)
+        elif head in ("mlm_nsp", "mlm_sop"):
+            out.prediction_logits = self.mlm_head(x)
+            pair = self.pair_head(out.pooler_output)
+            if head == "mlm_nsp":
+                out.seq_relationship_logits = pair
+            else:
+                out.sop_logits = pair
+        elif head == "rtd":
+            out.logits = self.rtd_head(x)
+        return out
