@@ -10,6 +10,10 @@ Everything here is a plain function of an lmforge decoder (or any model with its
 convention: `model(input_ids, attention_mask=, position_ids=, past_key_values=,
 use_cache=, logits_to_keep=)` returning `.logits`, and taking a `KVCache`).
 
+Encoder-decoders (BART, T5) use the same loops: `generate(model, source_ids, source_mask)`
+encodes the source once (padding on either side), starts every target with
+`decoder_start_token_id` and returns the targets (start token included, as transformers).
+
 Semantics follow `transformers.generate`, so greedy and beam search give the same tokens:
 - each step the next-token logits go through: repetition penalty, min_new_tokens (EOS
   forbidden), then, when sampling, temperature, top-k, top-p;
@@ -59,6 +63,7 @@ class GenerationConfig:
     top_k: int = 0  # sampling: keep the k most likely tokens (0 = off)
     top_p: float = 1.0  # sampling: keep the smallest set with probability >= top_p
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the sequence
+    no_repeat_ngram_size: int = 0  # > 0: never produce an n-gram of this size twice
     num_beams: int = 1
     length_penalty: float = 1.0  # beam score = sum log p / length ** length_penalty
     early_stopping: bool | str = False  # beam search: True, False or "never"
@@ -86,6 +91,8 @@ class GenerationConfig:
             raise bad("top_p", "a number in (0, 1]")
         if not self.repetition_penalty > 0:
             raise bad("repetition_penalty", "a positive number")
+        if not isinstance(self.no_repeat_ngram_size, int) or self.no_repeat_ngram_size < 0:
+            raise bad("no_repeat_ngram_size", "a non-negative integer (0 = off)")
         if not isinstance(self.num_beams, int) or self.num_beams < 1:
             raise bad("num_beams", "a positive integer")
         if self.early_stopping not in (True, False, "never"):
@@ -97,7 +104,10 @@ class GenerationConfig:
         if not isinstance(self.prompt_lookup_tokens, int) or self.prompt_lookup_tokens < 0:
             raise bad("prompt_lookup_tokens", "a non-negative integer (0 = off)")
         if self.prompt_lookup_tokens and (
-            self.do_sample or self.num_beams > 1 or self.repetition_penalty != 1.0
+            self.do_sample
+            or self.num_beams > 1
+            or self.repetition_penalty != 1.0
+            or self.no_repeat_ngram_size
         ):
             raise ConfigError(
                 "generation.prompt_lookup_tokens: only for plain greedy decoding "
@@ -121,6 +131,24 @@ def repetition_penalty(logits: Tensor, seen: Tensor, penalty: float, seen_mask=N
     in_seq = in_seq[:, :-1]
     penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
     return torch.where(in_seq, penalised, logits)
+
+
+def no_repeat_ngram(logits: Tensor, seqs: Tensor, n: int) -> Tensor:
+    """Forbid every token that would complete an n-gram already in the sequence: for each
+    earlier window (w_1 .. w_n) whose first n - 1 tokens equal the last n - 1 generated,
+    w_n gets -inf (the transformers rule; the whole sequence counts, prompt included).
+    logits (N, V), seqs (N, L)."""
+    L = seqs.shape[1]
+    if L < n:  # no complete n-gram yet
+        return logits
+    windows = seqs.unfold(1, n, 1)  # (N, L - n + 1, n)
+    tail = seqs[:, L - n + 1 :]  # (N, n - 1) the prefix the next token would complete
+    match = (windows[:, :, :-1] == tail[:, None]).all(-1)  # (N, L - n + 1)
+    V = logits.shape[-1]
+    target = windows[:, :, -1].masked_fill(~match, V)  # non-matches go to a dropped column V
+    banned = torch.zeros(logits.shape[0], V + 1, dtype=torch.bool, device=logits.device)
+    banned.scatter_(1, target, True)
+    return logits.masked_fill(banned[:, :V], float("-inf"))
 
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
@@ -155,6 +183,8 @@ def _process(
 ) -> Tensor:
     if cfg.repetition_penalty != 1.0:
         scores = repetition_penalty(scores, seqs, cfg.repetition_penalty, seq_mask)
+    if cfg.no_repeat_ngram_size:
+        scores = no_repeat_ngram(scores, seqs, cfg.no_repeat_ngram_size)
     if n_new < cfg.min_new_tokens and eos.numel():
         scores = scores.index_fill(-1, eos, float("-inf"))
     if sampling:
@@ -246,6 +276,10 @@ def generate(
     `generator` makes sampling reproducible; `decode` is needed for `stop_strings`.
     """
     cfg = dataclasses.replace(config or GenerationConfig(), **overrides)
+    if getattr(getattr(model, "config", None), "arch", None) == "seq2seq":
+        # Encoder-decoder: input_ids is the source; the same loops decode the target.
+        model, input_ids = _Seq2SeqDecoding.start(model, input_ids, attention_mask)
+        attention_mask = None
     if cfg.stop_strings and decode is None:
         raise ConfigError("generation.stop_strings: needs a decode function (token ids -> text)")
     _check_prompt(model, input_ids, attention_mask, cfg.max_new_tokens)
@@ -260,6 +294,54 @@ def generate(
         if cfg.prompt_lookup_tokens and input_ids.shape[0] == 1 and cfg.use_cache:
             return _prompt_lookup(model, input_ids, cfg, eos, stop)
         return _sample(model, input_ids, attention_mask, cfg, eos, pad, stop, generator)
+
+
+def _new_cache(model: nn.Module, capacity: int):
+    make = getattr(model, "new_cache", None)
+    return make(capacity) if make is not None else KVCache(model.config.n_layer, capacity=capacity)
+
+
+class _Seq2SeqDecoding:
+    """An encoder-decoder seen as a decoder, so greedy / sampling / beam search are shared.
+
+    The source is encoded once; the "prompt" is the decoder start token; each call runs
+    the decoder on the new target tokens against the memory (repeated for beams), with
+    the self-attention cache and the once-computed cross-attention K/V.
+    """
+
+    def __init__(self, model: nn.Module, memory: Tensor, source_mask: Tensor | None):
+        self.model, self.config, self.lm_head = model, model.config, model.lm_head
+        self.memory, self.source_mask = memory, source_mask
+
+    @classmethod
+    def start(cls, model, input_ids: Tensor, attention_mask: Tensor | None):
+        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+            raise LmforgeError("the source is empty: give at least one token")
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+        memory = model.encode(input_ids, attention_mask).last_hidden_state
+        start = torch.full(
+            (input_ids.shape[0], 1), model.config.decoder_start_token_id, device=input_ids.device
+        )
+        return cls(model, memory, attention_mask), start
+
+    def new_cache(self, capacity: int):
+        from .models.seq2seq import Seq2SeqCache
+
+        return Seq2SeqCache(self.config.decoder_layers, capacity)
+
+    def __call__(self, ids, attention_mask=None, position_ids=None, past_key_values=None,
+                 use_cache=False, logits_to_keep=0):  # fmt: skip
+        n = ids.shape[0] // self.memory.shape[0]  # beams per source
+        if n > 1:  # once: the sources repeated for their beams
+            mask = self.source_mask
+            self.memory = self.memory.repeat_interleave(n, dim=0)
+            self.source_mask = None if mask is None else mask.repeat_interleave(n, dim=0)
+        memory, mask = self.memory, self.source_mask
+        return self.model(
+            attention_mask=mask, decoder_input_ids=ids, encoder_outputs=memory,
+            past_key_values=past_key_values, use_cache=use_cache,
+        )  # fmt: skip
 
 
 def _decoding_layout(model: nn.Module) -> contextlib.AbstractContextManager:
@@ -298,7 +380,7 @@ def _sample(model, input_ids, attention_mask, cfg, eos, pad, stop, generator) ->
         next_pos = attention_mask.sum(-1, keepdim=True)  # (B, 1)
     else:
         next_pos = torch.full((B, 1), T0, dtype=torch.long, device=device)
-    cache = KVCache(model.config.n_layer, capacity=total) if cfg.use_cache else None
+    cache = _new_cache(model, total) if cfg.use_cache else None
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
     sampling = cfg.do_sample
 
@@ -421,7 +503,7 @@ def _beam_search(model, input_ids, attention_mask, cfg, eos, pad, stop) -> Tenso
         next_pos = attention_mask.sum(-1).repeat_interleave(nb)[:, None]  # (B*nb, 1)
     else:
         next_pos = torch.full((B * nb, 1), T0, dtype=torch.long, device=device)
-    cache = KVCache(model.config.n_layer, capacity=total) if cfg.use_cache else None
+    cache = _new_cache(model, total) if cfg.use_cache else None
     prompt = input_ids.repeat_interleave(nb, dim=0)  # (B*nb, T0)
     prompt_mask = None if flat_mask is None else flat_mask[:, :T0]
     logits = _forward_last(model, prompt, prompt_mask, None, cache)

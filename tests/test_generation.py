@@ -281,3 +281,35 @@ def test_bad_input_is_refused():
                 dict(prompt_lookup_tokens=4, do_sample=True)):  # fmt: skip
         with pytest.raises(ConfigError, match="generation."):
             GenerationConfig(**bad)
+
+
+def test_no_repeat_ngram_matches_transformers_processor():
+    from lmforge.generation import no_repeat_ngram
+
+    transformers = pytest.importorskip("transformers")
+    g = torch.Generator().manual_seed(0)
+    seqs = torch.randint(0, 6, (8, 12), generator=g)  # small vocab: many repeated n-grams
+    logits = torch.randn(8, 6, generator=g)
+    for n in (1, 2, 3, 12, 13):
+        theirs = transformers.NoRepeatNGramLogitsProcessor(n)(seqs, logits.clone())
+        torch.testing.assert_close(no_repeat_ngram(logits, seqs, n), theirs)
+    hand = no_repeat_ngram(torch.zeros(1, 10), torch.tensor([[1, 5, 2, 5, 1]]), 2)
+    assert torch.isinf(hand).nonzero()[:, 1].tolist() == [5]  # "1 5" was seen: 5 is banned
+
+
+def test_seq2seq_sampling_is_seeded_and_top_k_1_is_greedy():
+    torch.manual_seed(0)
+    model = build(presets.get("tiny-t5")).eval()
+    src = torch.randint(3, 256, (2, 7), generator=torch.Generator().manual_seed(1))
+    kw = dict(max_new_tokens=6, min_new_tokens=6)
+    greedy = generate(model, src, **kw)
+    assert greedy.shape == (2, 7) and bool((greedy[:, 0] == 0).all())  # start token first
+
+    def sample(seed, **more):
+        g = torch.Generator().manual_seed(seed)
+        return generate(model, src, do_sample=True, generator=g, **kw, **more)
+
+    assert torch.equal(sample(3), sample(3))
+    assert torch.equal(sample(4, top_k=1), greedy)
+    beams = generate(model, src, num_beams=3, num_return_sequences=2, **kw)
+    assert beams.shape == (4, 7)

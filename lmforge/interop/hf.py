@@ -46,10 +46,11 @@ class Rule:
     ours: str
     theirs: tuple[str, ...]  # several: concatenated along dim 0 in this order
     transpose: bool = False  # GPT-2 Conv1D weights are (in, out)
+    ffn: str | None = None  # only for this config.ffn (T5 v1.0 "mlp" vs v1.1 "gated")
 
 
-def _rule(ours: str, *theirs: str, transpose: bool = False) -> Rule:
-    return Rule(ours, theirs, transpose)
+def _rule(ours: str, *theirs: str, transpose: bool = False, ffn: str | None = None) -> Rule:
+    return Rule(ours, theirs, transpose, ffn)
 
 
 GPT2_TABLE = [
@@ -193,6 +194,84 @@ ALBERT_PRETRAINING_TABLE = [
     *_mlm_rows("predictions.dense", "predictions.LayerNorm", "predictions.bias"),
     *_pair_rows("sop_classifier.classifier"),
 ]
+# Encoder-decoders: "{i}" is an encoder layer, "{j}" a decoder layer.
+def _bart_layer(p: str, ours: str, cross: bool) -> list[Rule]:
+    names = [("attn_norm", "self_attn_layer_norm"), ("ffn_norm", "final_layer_norm"),
+             ("ffn.fc1", "fc1"), ("ffn.fc2", "fc2"), ("attn.out", "self_attn.out_proj")]
+    if cross:
+        names += [("cross_norm", "encoder_attn_layer_norm"), ("cross.q", "encoder_attn.q_proj"),
+                  ("cross.out", "encoder_attn.out_proj")]  # fmt: skip
+    rows = []
+    for kind in ("weight", "bias"):
+        rows += [_rule(f"{ours}.{a}.{kind}", f"{p}.{b}.{kind}") for a, b in names]
+        qkv = [f"{p}.self_attn.{x}_proj.{kind}" for x in "qkv"]
+        rows.append(_rule(f"{ours}.attn.qkv.{kind}", *qkv))
+        if cross:
+            kv = [f"{p}.encoder_attn.{x}_proj.{kind}" for x in "kv"]
+            rows.append(_rule(f"{ours}.cross.kv.{kind}", *kv))
+    return rows
+
+
+BART_TABLE = [
+    _rule("tok_embed.weight", "model.shared.weight"),
+    _rule("enc_pos.weight", "model.encoder.embed_positions.weight"),
+    _rule("dec_pos.weight", "model.decoder.embed_positions.weight"),
+    _rule("enc_embed_norm.weight", "model.encoder.layernorm_embedding.weight"),
+    _rule("enc_embed_norm.bias", "model.encoder.layernorm_embedding.bias"),
+    _rule("dec_embed_norm.weight", "model.decoder.layernorm_embedding.weight"),
+    _rule("dec_embed_norm.bias", "model.decoder.layernorm_embedding.bias"),
+    *_bart_layer("model.encoder.layers.{i}", "encoder_blocks.{i}", cross=False),
+    *_bart_layer("model.decoder.layers.{j}", "decoder_blocks.{j}", cross=True),
+    _rule("logits_bias", "final_logits_bias"),
+    _rule("lm_head.weight", "lm_head.weight"),
+]
+
+
+def _t5_stack(p: str, ours: str, cross: bool) -> list[Rule]:
+    attn = f"{p}.layer.0.SelfAttention"
+    ff = f"{p}.layer.{2 if cross else 1}"
+    rows = [
+        _rule(f"{ours}.attn_norm.weight", f"{p}.layer.0.layer_norm.weight"),
+        _rule(f"{ours}.attn.qkv.weight", *(f"{attn}.{x}.weight" for x in "qkv")),
+        _rule(f"{ours}.attn.out.weight", f"{attn}.o.weight"),
+        _rule(f"{ours}.ffn_norm.weight", f"{ff}.layer_norm.weight"),
+        _rule(f"{ours}.ffn.fc1.weight", f"{ff}.DenseReluDense.wi.weight", ffn="mlp"),
+        _rule(
+            f"{ours}.ffn.fc1.weight",
+            f"{ff}.DenseReluDense.wi_0.weight",
+            f"{ff}.DenseReluDense.wi_1.weight",
+            ffn="gated",
+        ),
+        _rule(f"{ours}.ffn.fc2.weight", f"{ff}.DenseReluDense.wo.weight"),
+    ]
+    if cross:
+        x = f"{p}.layer.1.EncDecAttention"
+        rows += [
+            _rule(f"{ours}.cross_norm.weight", f"{p}.layer.1.layer_norm.weight"),
+            _rule(f"{ours}.cross.q.weight", f"{x}.q.weight"),
+            _rule(f"{ours}.cross.kv.weight", f"{x}.k.weight", f"{x}.v.weight"),
+            _rule(f"{ours}.cross.out.weight", f"{x}.o.weight"),
+        ]
+    return rows
+
+
+_T5_BIAS = "block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+T5_TABLE = [
+    _rule("tok_embed.weight", "shared.weight"),
+    _rule("enc_rel_bias.embed.weight", "encoder." + _T5_BIAS),
+    _rule("dec_rel_bias.embed.weight", "decoder." + _T5_BIAS),
+    *_t5_stack("encoder.block.{i}", "encoder_blocks.{i}", cross=False),
+    *_t5_stack("decoder.block.{j}", "decoder_blocks.{j}", cross=True),
+    _rule("enc_norm_out.weight", "encoder.final_layer_norm.weight"),
+    _rule("dec_norm_out.weight", "decoder.final_layer_norm.weight"),
+    _rule("lm_head.weight", "lm_head.weight"),
+]
+# Copies of the shared embedding that transformers may write beside it.
+SEQ2SEQ_TIED_NAMES = (
+    "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight",
+    "encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
+)  # fmt: skip
+
 # Tied MLM decoders: transformers writes none or both of these; ours is the embedding.
 TIED_HF_NAMES = (
     "cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "lm_head.decoder.weight",
@@ -214,7 +293,10 @@ ARCHITECTURES = {
     "ElectraForPreTraining": ("electra", "electra", ELECTRA_PRETRAINING_TABLE),
     "ElectraForMaskedLM": ("electra", "electra", ELECTRA_MLM_TABLE),
     "AlbertForPreTraining": ("albert", "albert", ALBERT_PRETRAINING_TABLE),
+    "BartForConditionalGeneration": ("bart", "bart", BART_TABLE),
+    "T5ForConditionalGeneration": ("t5", "t5", T5_TABLE),
 }
+SEQ2SEQ_CLASSES = ("BartForConditionalGeneration", "T5ForConditionalGeneration")
 # Encoder class -> (encoder_head, has a pooler)
 ENCODER_CLASSES = {
     "BertModel": ("none", True),
@@ -243,19 +325,22 @@ MODEL_TYPE_TO_ARCH.update(
 IGNORED_SUFFIXES = (
     ".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq",
     "embeddings.position_ids", "embeddings.token_type_ids",  # BERT-family buffers
+    "EncDecAttention.relative_attention_bias.weight",  # in old T5 files, never used
 )  # fmt: skip
 
 
-def _expand(table: list[Rule], n_layer: int) -> list[Rule]:
+def _expand(table: list[Rule], n_layer: int, n_decoder_layer: int = 0) -> list[Rule]:
     rules = []
     for rule in table:
-        layers = range(n_layer) if "{i}" in rule.ours else [None]
+        key, n = ("j", n_decoder_layer) if "{j}" in rule.ours else ("i", n_layer)
+        layers = range(n) if "{" + key + "}" in rule.ours else [None]
         for i in layers:
             rules.append(
                 Rule(
-                    rule.ours.format(i=i),
-                    tuple(name.format(i=i) for name in rule.theirs),
+                    rule.ours.format(**{key: i}),
+                    tuple(name.format(**{key: i}) for name in rule.theirs),
                     rule.transpose,
+                    rule.ffn,
                 )
             )
     return rules
@@ -265,8 +350,9 @@ def _rules_for(model_keys: set[str], config: ModelConfig, table: list[Rule]) -> 
     """The table's rows that apply to this model (its own tensors, the head only if untied)."""
     return [
         r
-        for r in _expand(table, config.n_layer)
+        for r in _expand(table, config.n_layer, config.decoder_layers)
         if r.ours in model_keys
+        and r.ffn in (None, config.ffn)
         and not (r.ours in ("lm_head.weight", "mlm_head.decoder.weight") and config.tie_embeddings)
     ]
 
@@ -287,6 +373,19 @@ ACT_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "s
 
 # transformers' defaults for keys `save_pretrained` omits when they equal the default.
 HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bart": dict(
+        vocab_size=50265, d_model=1024, encoder_layers=12, decoder_layers=12,
+        encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
+        decoder_ffn_dim=4096, activation_function="gelu", max_position_embeddings=1024,
+        scale_embedding=False, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        decoder_start_token_id=2, tie_word_embeddings=True,
+    ),
+    "t5": dict(
+        vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=None,
+        num_heads=8, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+        layer_norm_epsilon=1e-6, feed_forward_proj="relu", tie_word_embeddings=True,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=None,
+    ),
     "gpt2": dict(
         vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
         activation_function="gelu_new", resid_pdrop=0.1, layer_norm_epsilon=1e-5,
@@ -374,9 +473,11 @@ def _architecture(hf: dict[str, Any]) -> str:
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     """A transformers `config.json` dict -> `ModelConfig`."""
     family, model_type, _ = ARCHITECTURES[_architecture(hf)]
-    c = {**HF_DEFAULTS[model_type], **{k: v for k, v in hf.items() if v is not None}}
+    c = {**HF_DEFAULTS.get(model_type, {}), **{k: v for k, v in hf.items() if v is not None}}
     c.setdefault("pad_token_id", None)
     try:
+        if _architecture(hf) in SEQ2SEQ_CLASSES:
+            return _seq2seq_config_from_hf(c, family)
         if _architecture(hf) in ENCODER_CLASSES:
             return _encoder_config_from_hf(c, _architecture(hf))
         if model_type == "gpt2":
@@ -629,6 +730,10 @@ def hf_architecture(config: ModelConfig) -> str:
     """The transformers class that can hold this config's model."""
     if config.arch == "encoder":
         return _encoder_architecture(config)
+    if config.arch == "seq2seq":
+        if config.relative_attention_num_buckets:
+            return "T5ForConditionalGeneration"
+        return "BartForConditionalGeneration"
     family = config.family
     if family is None:  # a hand-made config: guess from the flags
         if config.norm == "layernorm":
@@ -650,6 +755,8 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """`ModelConfig` -> a transformers `config.json` dict (every key written out)."""
     if config.arch == "encoder":
         return _encoder_config_to_hf(config)
+    if config.arch == "seq2seq":
+        return _seq2seq_config_to_hf(config)
     arch = hf_architecture(config)
     family, model_type, _ = ARCHITECTURES[arch]
 
@@ -745,6 +852,110 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------
+# Encoder-decoders (BART, T5)
+
+
+def _depth(decoder: int | None, encoder: int) -> int | None:
+    """n_decoder_layer as the presets write it: None when it equals the encoder's."""
+    return None if decoder in (None, encoder) else decoder
+
+
+def _seq2seq_config_from_hf(c: dict[str, Any], family: str) -> ModelConfig:
+    ids = dict(
+        bos_token_id=_token_id(c.get("bos_token_id")),
+        eos_token_id=_token_id(c["eos_token_id"]),
+        pad_token_id=c["pad_token_id"],
+        decoder_start_token_id=c.get("decoder_start_token_id"),
+    )
+    if family == "bart":
+        if c.get("normalize_before") or c.get("add_final_layer_norm"):
+            raise CheckpointError("pre-LN BART variants (mBART) are not supported")
+        for a, b in (("encoder_attention_heads", "decoder_attention_heads"),
+                     ("encoder_ffn_dim", "decoder_ffn_dim")):  # fmt: skip
+            if c[a] != c[b]:
+                raise CheckpointError(f"{a} != {b} is not supported")
+        return ModelConfig(
+            arch="seq2seq", family="bart", vocab_size=c["vocab_size"],
+            max_seq_len=c["max_position_embeddings"], d_model=c["d_model"],
+            n_layer=c["encoder_layers"],
+            n_decoder_layer=_depth(c["decoder_layers"], c["encoder_layers"]),
+            n_head=c["encoder_attention_heads"], d_ff=c["encoder_ffn_dim"], norm="layernorm",
+            norm_eps=1e-5, norm_position="post", final_norm=False,
+            activation=_activation(c["activation_function"]), positions="learned",
+            position_offset=2, embed_norm=True, final_logits_bias=True,
+            embed_scale=bool(c["scale_embedding"]),
+            tie_embeddings=bool(c.get("tie_word_embeddings", True)), **ids,
+        )  # fmt: skip
+    act = c["feed_forward_proj"]
+    gated = act.startswith("gated-")
+    if ids["decoder_start_token_id"] is None:
+        ids["decoder_start_token_id"] = ids["pad_token_id"]  # T5 starts decoding with pad
+    tied = bool(c.get("tie_word_embeddings", True))
+    # v1.1 files say tie_word_embeddings=false, meaning both "untied head" and "no d^-0.5
+    # rescale"; transformers >= 5 keeps the rescale as its own key and always ties the head.
+    scale = bool(c.get("scale_decoder_outputs", tied))
+    return ModelConfig(
+        arch="seq2seq", family="t5", vocab_size=c["vocab_size"], max_seq_len=512,
+        d_model=c["d_model"], n_layer=c["num_layers"],
+        n_decoder_layer=_depth(c.get("num_decoder_layers"), c["num_layers"]), n_head=c["num_heads"],
+        head_dim=c["d_kv"], d_ff=c["d_ff"], norm="rmsnorm", norm_eps=c["layer_norm_epsilon"],
+        norm_position="pre", final_norm=True, ffn="gated" if gated else "mlp",
+        activation="gelu_tanh" if act == "gated-gelu" else _activation(act.removeprefix("gated-")),
+        bias=False, positions="none",
+        relative_attention_num_buckets=c["relative_attention_num_buckets"],
+        relative_attention_max_distance=c["relative_attention_max_distance"],
+        scale_attention=False, scale_decoder_outputs=scale, tie_embeddings=tied, **ids,
+    )  # fmt: skip
+
+
+def _seq2seq_config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    arch = hf_architecture(config)
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise CheckpointError(f"{arch} cannot represent this model: {what}")
+
+    ids = dict(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id, decoder_start_token_id=config.decoder_start_token_id,
+    )  # fmt: skip
+    n_dec = config.decoder_layers
+    if arch == "BartForConditionalGeneration":
+        need(config.norm == "layernorm" and config.norm_position == "post", "needs post-LN")
+        need(not config.has_final_norm and config.embed_norm, "needs layernorm_embedding only")
+        need(config.position_offset == 2 and config.bias and config.ffn == "mlp", "BART layout")
+        need(config.final_logits_bias and config.scale_attention, "BART layout")
+        return {
+            "architectures": [arch], "model_type": "bart", "vocab_size": config.vocab_size,
+            "max_position_embeddings": config.max_seq_len, "d_model": config.d_model,
+            "encoder_layers": config.n_layer, "decoder_layers": n_dec,
+            "encoder_attention_heads": config.n_head, "decoder_attention_heads": config.n_head,
+            "encoder_ffn_dim": config.ffn_size, "decoder_ffn_dim": config.ffn_size,
+            "activation_function": ACT_TO_HF[config.activation],
+            "scale_embedding": config.embed_scale, "tie_word_embeddings": config.tie_embeddings,
+            "init_std": config.init_std, "dropout": config.dropout, "attention_dropout": 0.0,
+            "activation_dropout": 0.0, "is_encoder_decoder": True, **ids,
+        }  # fmt: skip
+    need(config.norm == "rmsnorm" and config.norm_position == "pre", "needs pre-RMSNorm")
+    need(not config.bias and not config.scale_attention, "T5 has no biases, no 1/sqrt(hs)")
+    need(config.tie_embeddings or not config.scale_decoder_outputs, "rescale needs a tied head")
+    act = ACT_TO_HF[config.activation]
+    if config.ffn == "gated" and act == "gelu_new":
+        act = "gelu"  # T5Config reads "gated-gelu" as gelu_new (tanh) on the gate
+    return {
+        "architectures": [arch], "model_type": "t5", "vocab_size": config.vocab_size,
+        "d_model": config.d_model, "d_kv": config.head_size, "d_ff": config.ffn_size,
+        "num_layers": config.n_layer, "num_decoder_layers": n_dec, "num_heads": config.n_head,
+        "relative_attention_num_buckets": config.relative_attention_num_buckets,
+        "relative_attention_max_distance": config.relative_attention_max_distance,
+        "layer_norm_epsilon": config.norm_eps, "dropout_rate": config.dropout,
+        "feed_forward_proj": f"gated-{act}" if config.ffn == "gated" else act,
+        "tie_word_embeddings": config.tie_embeddings, "is_encoder_decoder": True,
+        "scale_decoder_outputs": config.scale_decoder_outputs, **ids,
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------
 # Reading and writing
 
 
@@ -829,6 +1040,7 @@ def load_hf(path: str | Path, dtype: torch.dtype | None = None) -> torch.nn.Modu
         and not name.endswith(IGNORED_SUFFIXES)
         and not (name == "lm_head.weight" and config.tie_embeddings)
         and not (name in TIED_HF_NAMES and config.arch == "encoder")
+        and not (name in SEQ2SEQ_TIED_NAMES and config.arch == "seq2seq")
     ]
     if unexpected:
         raise CheckpointError(
@@ -847,6 +1059,8 @@ def load_hf(path: str | Path, dtype: torch.dtype | None = None) -> torch.nn.Modu
 
 
 def _split_sizes(config: ModelConfig, ours: str, n_parts: int) -> list[int]:
+    if ".cross.kv." in ours:
+        return [config.n_head * config.head_size] * 2
     if ".attn.qkv." in ours:
         q, kv = config.n_head * config.head_size, config.kv_heads * config.head_size
         return [q, kv, kv]

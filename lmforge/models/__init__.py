@@ -14,15 +14,18 @@ from .config import ModelConfig
 from .decoder import CausalLMOutput, Decoder
 from .encoder import Encoder, EncoderOutput
 from .layers import KVCache
+from .seq2seq import Seq2Seq, Seq2SeqCache, Seq2SeqLMOutput, shift_right
 
 
 def build(config: ModelConfig) -> nn.Module:
-    """The model for `config.arch` ("decoder" or "encoder"; seq2seq comes later)."""
+    """The model for `config.arch`: "decoder", "encoder" or "seq2seq"."""
     if config.arch == "decoder":
         return Decoder(config)
     if config.arch == "encoder":
         return Encoder(config)
-    raise ConfigError(f"model.arch: {config.arch!r} is not available yet (known: decoder, encoder)")
+    if config.arch == "seq2seq":
+        return Seq2Seq(config)
+    raise ConfigError(f"model.arch: {config.arch!r} (known: decoder, encoder, seq2seq)")
 
 
 __all__ = [
@@ -32,6 +35,10 @@ __all__ = [
     "EncoderOutput",
     "KVCache",
     "ModelConfig",
+    "Seq2Seq",
+    "Seq2SeqCache",
+    "Seq2SeqLMOutput",
     "build",
     "presets",
+    "shift_right",
 ]

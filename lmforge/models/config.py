@@ -17,6 +17,11 @@ Encoders (arch="encoder": BERT, RoBERTa, ELECTRA, ALBERT) add a few flags of the
 tabled in encoder.py: encoder_head, type_vocab_size, pooler, position_offset,
 embedding_size, share_layers.
 
+Encoder-decoders (arch="seq2seq": BART, T5) add theirs, tabled in seq2seq.py:
+n_decoder_layer, relative_attention_num_buckets / _max_distance, scale_attention,
+embed_norm, final_logits_bias, scale_decoder_outputs, decoder_start_token_id (and BART's
+position_offset=2).
+
 `__post_init__` checks every field and raises `ConfigError` naming the field and what was
 expected, so a typo in a YAML recipe fails before any tensor is allocated.
 """
@@ -31,9 +36,9 @@ from ..errors import ConfigError
 
 FAMILIES = (
     "gpt1", "gpt2", "gpt3", "llama", "mistral", "qwen2", "gemma",
-    "bert", "roberta", "electra", "albert",
+    "bert", "roberta", "electra", "albert", "bart", "t5",
 )  # fmt: skip
-ARCHS = ("decoder", "encoder")  # "seq2seq" arrives with its own issue
+ARCHS = ("decoder", "encoder", "seq2seq")
 # Encoder heads (see encoder.py): none = base model (BertModel), mlm = masked LM,
 # mlm_nsp = MLM + next-sentence (BertForPreTraining), mlm_sop = MLM + sentence order
 # (AlbertForPreTraining), rtd = replaced-token detection (ELECTRA discriminator).
@@ -49,7 +54,7 @@ ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_
 @dataclass
 class ModelConfig:
     # --- what kind of model -------------------------------------------------------------
-    arch: Literal["decoder", "encoder"] = "decoder"
+    arch: Literal["decoder", "encoder", "seq2seq"] = "decoder"
     family: str | None = None  # published family this shape follows; picks the HF class
     # --- sizes --------------------------------------------------------------------------
     vocab_size: int = 50257
@@ -94,6 +99,15 @@ class ModelConfig:
     position_offset: int | None = None  # RoBERTa: positions start at pad_token_id + 1
     embedding_size: int | None = None  # ELECTRA / ALBERT factorized E, projected to d_model
     share_layers: bool = False  # ALBERT: one block's weights reused by all n_layer layers
+    # --- encoder-decoders only (arch="seq2seq"; BART / T5, tabled in seq2seq.py) --------
+    n_decoder_layer: int | None = None  # decoder depth; None = n_layer (encoder depth)
+    relative_attention_num_buckets: int = 0  # T5 relative position bias; 0 = none
+    relative_attention_max_distance: int = 128  # T5: distances past this share a bucket
+    scale_attention: bool = True  # softmax(QK^T / sqrt(hs)); T5 folds 1/sqrt(hs) into init
+    embed_norm: bool = False  # BART's layernorm_embedding after token + position embeddings
+    final_logits_bias: bool = False  # BART: a (1, V) bias buffer added to the logits
+    scale_decoder_outputs: bool = False  # T5: h * d_model^-0.5 before the tied LM head
+    decoder_start_token_id: int | None = None  # first decoder input (shift_right)
 
     def __post_init__(self) -> None:
         def choice(name: str, allowed: tuple[str, ...]) -> None:
@@ -147,7 +161,9 @@ class ModelConfig:
             )
         if self.position_offset is not None:
             positive("position_offset")
-            if self.pad_token_id is None or self.position_offset != self.pad_token_id + 1:
+            if self.arch == "encoder" and (
+                self.pad_token_id is None or self.position_offset != self.pad_token_id + 1
+            ):
                 raise ConfigError(
                     f"model.position_offset: RoBERTa-style offsets need "
                     f"position_offset = pad_token_id + 1, got {self.position_offset!r} with "
@@ -155,12 +171,39 @@ class ModelConfig:
                 )
         if self.arch != "encoder":
             for name, default in (
-                ("encoder_head", "none"), ("position_offset", None), ("embedding_size", None),
-                ("share_layers", False),
-            ):  # fmt: skip
+                ("encoder_head", "none"), ("embedding_size", None), ("share_layers", False),
+            ) + ((("position_offset", None),) if self.arch != "seq2seq" else ()):  # fmt: skip
                 if getattr(self, name) != default:
                     raise ConfigError(f"model.{name}: only applies to arch=encoder")
-        elif self.positions != "learned":
+        if self.arch != "seq2seq":
+            for name, default in (
+                ("n_decoder_layer", None), ("relative_attention_num_buckets", 0),
+                ("scale_attention", True), ("embed_norm", False), ("final_logits_bias", False),
+                ("scale_decoder_outputs", False), ("decoder_start_token_id", None),
+            ):  # fmt: skip
+                if getattr(self, name) != default:
+                    raise ConfigError(f"model.{name}: only applies to arch=seq2seq")
+        else:
+            if self.n_decoder_layer is not None:
+                positive("n_decoder_layer")
+            buckets = self.relative_attention_num_buckets
+            if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 0:
+                raise ConfigError(
+                    f"model.relative_attention_num_buckets: expected an integer >= 0, "
+                    f"got {buckets!r}"
+                )
+            if buckets and self.positions != "none":
+                raise ConfigError("model.positions: T5 relative bias needs positions=none")
+            if buckets:
+                positive("relative_attention_max_distance")
+            if self.positions not in ("learned", "none"):
+                raise ConfigError(
+                    f"model.positions: encoder-decoders use learned positions or a relative "
+                    f"bias (none), got {self.positions!r}"
+                )
+            if self.decoder_start_token_id is None:
+                raise ConfigError("model.decoder_start_token_id: required for arch=seq2seq")
+        if self.arch == "encoder" and self.positions != "learned":
             raise ConfigError(
                 f"model.positions: encoders use learned positions, got {self.positions!r}"
             )
@@ -208,6 +251,10 @@ class ModelConfig:
     def n_blocks(self) -> int:
         """Distinct blocks holding weights: 1 when ALBERT shares one across all layers."""
         return 1 if self.share_layers else self.n_layer
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.n_decoder_layer or self.n_layer
 
     @property
     def has_qkv_bias(self) -> bool:

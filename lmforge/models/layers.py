@@ -327,8 +327,10 @@ class Attention(nn.Module):
         qkv_bias: bool = True,
         out_bias: bool = True,
         dropout: float = 0.0,
+        scale: float | None = None,
     ):
         super().__init__()
+        self.scale = scale  # None = 1 / sqrt(hs); T5 uses 1.0
         self.n_head = n_head
         self.n_kv_head = n_kv_head or n_head
         self.head_dim = head_dim or d_model // n_head
@@ -363,6 +365,7 @@ class Attention(nn.Module):
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,
+            scale=self.scale,
             enable_gqa=self.n_kv_head != self.n_head,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # heads side by side
@@ -392,6 +395,7 @@ class Block(nn.Module):
             qkv_bias=config.has_qkv_bias,
             out_bias=config.bias,
             dropout=config.dropout,
+            scale=None if config.scale_attention else 1.0,
         )
         self.ffn_norm = make_norm(config)
         self.ffn = FeedForward(
@@ -416,3 +420,107 @@ class Block(nn.Module):
             return x + self.ffn(self.ffn_norm(x))
         x = self.attn_norm(x + self.attn(x, mask, is_causal, rope, cache))
         return self.ffn_norm(x + self.ffn(x))
+
+
+# ----------------------------------------------------------------------------------------
+# Encoder-decoder pieces: cross-attention and T5's relative position bias
+
+
+class CrossAttention(nn.Module):
+    """Decoder queries attend to the encoder's output ("memory"): Q = x Wq, [K; V] = m Wkv.
+
+    K and V depend only on the memory, so they are computed once per input and kept in
+    `cache` (a KVBuffer) for every later decoding step.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        head_dim: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        scale: float | None = None,
+    ):
+        super().__init__()
+        self.n_head, self.head_dim = n_head, head_dim or d_model // n_head
+        self.dropout, self.scale = dropout, scale
+        inner = n_head * self.head_dim
+        self.q = nn.Linear(d_model, inner, bias=bias)
+        self.kv = nn.Linear(d_model, 2 * inner, bias=bias)  # [Wk; Wv]
+        self.out = nn.Linear(inner, d_model, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor | None,
+        mask: Tensor | None = None,
+        cache: KVBuffer | None = None,
+    ) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None and cache.length:
+            k, v = cache.k[:, :, : cache.length], cache.v[:, :, : cache.length]
+        else:
+            S = memory.shape[1]
+            k, v = self.kv(memory).view(B, S, 2, self.n_head, self.head_dim).unbind(2)
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, S, hs)
+            if cache is not None:
+                k, v = cache.update(k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            scale=self.scale,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
+        return self.resid_dropout(self.out(y))
+
+
+def relative_position_bucket(
+    relative_position: Tensor, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Tensor:
+    """T5's bucket of each (key - query) distance: exact for small distances, then
+    logarithmically wider buckets up to `max_distance`; beyond it, the last bucket.
+
+    Bidirectional (encoder): half the buckets for keys after the query, half for before.
+    Causal (decoder): only keys at or before the query, all buckets for the past.
+    """
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).long() * num_buckets
+        distance = relative_position.abs()
+    else:
+        distance = -torch.clamp(relative_position, max=0)  # how far into the past
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    # log-spaced: max_exact + log(n / max_exact) / log(max_distance / max_exact) * (nb - me)
+    large = max_exact + (
+        torch.log(distance.float() / max_exact)
+        / math.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).long()
+    large = torch.clamp(large, max=num_buckets - 1)
+    return buckets + torch.where(is_small, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+    """T5: a learned scalar per (bucket, head) added to the attention scores.
+
+    Computed once per stack (in its first layer, in Hugging Face's files) and shared by the
+    other layers. Returns (1, nh, T, S) for queries at positions past .. past + T - 1.
+    """
+
+    def __init__(self, num_buckets: int, max_distance: int, n_head: int, bidirectional: bool):
+        super().__init__()
+        self.num_buckets, self.max_distance = num_buckets, max_distance
+        self.bidirectional = bidirectional
+        self.embed = nn.Embedding(num_buckets, n_head)
+
+    def forward(self, past: int, T: int, S: int, device=None) -> Tensor:
+        query = torch.arange(past, past + T, device=device)[:, None]  # (T, 1)
+        key = torch.arange(S, device=device)[None, :]  # (1, S)
+        bucket = relative_position_bucket(
+            key - query, self.bidirectional, self.num_buckets, self.max_distance
+        )  # (T, S)
+        return self.embed(bucket).permute(2, 0, 1)[None]  # (1, nh, T, S)

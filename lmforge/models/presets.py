@@ -186,6 +186,39 @@ LLAMA3_SCALING = dict(  # Llama 3.1 / 3.2: 8k pretraining context stretched 32x 
 # ----------------------------------------------------------------------------------------
 # The presets. Each entry: name -> (builder, published parameter count, source).
 
+def bart(**shape) -> ModelConfig:
+    # Lewis et al. 2020: post-LN, GELU, learned positions (offset 2, fairseq's layout) with a
+    # LayerNorm on the embeddings, biases everywhere, tied head + final_logits_bias;
+    # GPT-2's byte-level BPE (50,265 tokens), 1,024 positions (facebook/bart-*/config.json).
+    base = dict(
+        arch="seq2seq", family="bart", vocab_size=50265, max_seq_len=1024, norm="layernorm",
+        norm_position="post", final_norm=False, activation="gelu", positions="learned",
+        position_offset=2, embed_norm=True, final_logits_bias=True, bos_token_id=0,
+        pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
+    )  # fmt: skip
+    return ModelConfig(**{**base, **shape})
+
+
+def t5(**shape) -> ModelConfig:
+    # Raffel et al. 2020: pre-LN with RMS-style LayerNorm (no bias, no centring), relative
+    # position bias (32 buckets, max distance 128), no biases, no 1/sqrt(hs) (folded into
+    # init), ReLU FFN, tied head with the d^-0.5 rescale; SentencePiece 32,128 tokens.
+    base = dict(
+        arch="seq2seq", family="t5", vocab_size=32128, max_seq_len=512, head_dim=64,
+        norm="rmsnorm", norm_eps=1e-6, norm_position="pre", final_norm=True, activation="relu",
+        bias=False, positions="none", relative_attention_num_buckets=32,
+        relative_attention_max_distance=128, scale_attention=False, scale_decoder_outputs=True,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )  # fmt: skip
+    return ModelConfig(**{**base, **shape})
+
+
+def t5_v1_1(**shape) -> ModelConfig:
+    # T5 v1.1 (google/t5-v1_1-*): gated-GELU FFN (GeGLU, tanh GELU), untied head, no rescale.
+    base = dict(ffn="gated", activation="gelu_tanh", tie_embeddings=False)
+    return t5(**{**base, "scale_decoder_outputs": False, **shape})
+
+
 _PRESETS: dict[str, Callable[[], ModelConfig]] = {
     # GPT-1 "117M" (Radford et al. 2018, Table / Sec. 4.1: 12 layers, 768 wide, 12 heads).
     "gpt1": lambda: gpt1(n_layer=12, d_model=768, n_head=12),
@@ -315,6 +348,17 @@ _PRESETS: dict[str, Callable[[], ModelConfig]] = {
     # ALBERT (Lan et al. 2020, Table 1: L=12/24, H=768/1024, E=128, shared layers).
     "albert-base": lambda: albert(n_layer=12, d_model=768, n_head=12),
     "albert-large": lambda: albert(n_layer=24, d_model=1024, n_head=16),
+    # BART (Lewis et al. 2020; facebook/bart-base, bart-large config.json).
+    "bart-base": lambda: bart(n_layer=6, d_model=768, n_head=12, d_ff=3072),
+    "bart-large": lambda: bart(n_layer=12, d_model=1024, n_head=16, d_ff=4096),
+    # T5 v1.0 (Raffel et al. 2020, Sec. 3.7; google-t5/t5-* config.json).
+    "t5-small": lambda: t5(n_layer=6, d_model=512, n_head=8, d_ff=2048),
+    "t5-base": lambda: t5(n_layer=12, d_model=768, n_head=12, d_ff=3072),
+    "t5-large": lambda: t5(n_layer=24, d_model=1024, n_head=16, d_ff=4096),
+    # T5 v1.1 (google/t5-v1_1-* config.json: small has 8 layers, 6 heads of 64).
+    "t5-v1.1-small": lambda: t5_v1_1(n_layer=8, d_model=512, n_head=6, d_ff=1024),
+    "t5-v1.1-base": lambda: t5_v1_1(n_layer=12, d_model=768, n_head=12, d_ff=2048),
+    "t5-v1.1-large": lambda: t5_v1_1(n_layer=24, d_model=1024, n_head=16, d_ff=2816),
     # Tiny shapes for tests and quick experiments: one per family, a few 100k parameters.
     "tiny-gpt1": lambda: gpt1(n_layer=2, d_model=64, n_head=4, vocab_size=256, max_seq_len=128),
     "tiny-gpt2": lambda: gpt2(n_layer=2, d_model=64, n_head=4, vocab_size=256, max_seq_len=128),
@@ -354,6 +398,15 @@ _PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "tiny-albert": lambda: albert(
         n_layer=2, d_model=64, n_head=4, vocab_size=256, max_seq_len=128, embedding_size=32
     ),
+    "tiny-bart": lambda: bart(n_layer=2, d_model=64, n_head=4, vocab_size=256, max_seq_len=128),
+    "tiny-t5": lambda: t5(
+        n_layer=2, d_model=64, n_head=4, head_dim=16, d_ff=128, vocab_size=256,
+        relative_attention_num_buckets=8, relative_attention_max_distance=20,
+    ),  # fmt: skip
+    "tiny-t5-v1.1": lambda: t5_v1_1(
+        n_layer=2, d_model=64, n_head=4, head_dim=16, d_ff=128, vocab_size=256,
+        relative_attention_num_buckets=8, relative_attention_max_distance=20,
+    ),  # fmt: skip
 }
 
 # Published parameter counts: (count, exact?, source). Exact figures must match to the
@@ -401,6 +454,19 @@ PUBLISHED: dict[str, tuple[int, bool, str]] = {
     "electra-large": (335_000_000, False, "Clark et al. 2020, Table 1: ELECTRA-Large 335M"),
     "albert-base": (12_000_000, False, "Lan et al. 2020, Table 1: ALBERT base 12M"),
     "albert-large": (18_000_000, False, "Lan et al. 2020, Table 1: ALBERT large 18M"),
+    # Encoder-decoders. BART: the paper gives no exact counts; the HF hub pages do.
+    "bart-base": (139_000_000, False, "HF hub facebook/bart-base: 139M"),
+    "bart-large": (406_000_000, False, "HF hub facebook/bart-large: 406M"),
+    # T5 v1.0: Raffel et al. 2020, Sec. 3.7 gives 60M / 220M / 770M. The 770M of T5-Large
+    # is ~4% above its checkpoint (737,668,096 with the head tied, as the HF hub's 738M
+    # shows), beyond 2%, so Large is checked against the hub figure.
+    "t5-small": (60_000_000, False, "Raffel et al. 2020, Sec. 3.7: Small 60M"),
+    "t5-base": (220_000_000, False, "Raffel et al. 2020, Sec. 3.7: Base 220M"),
+    "t5-large": (738_000_000, False, "HF hub google-t5/t5-large: 738M (paper: 770M)"),
+    # T5 v1.1 (no paper; untied head counted): the HF hub pages of google/t5-v1_1-*.
+    "t5-v1.1-small": (77_000_000, False, "HF hub google/t5-v1_1-small: 77M"),
+    "t5-v1.1-base": (248_000_000, False, "HF hub google/t5-v1_1-base: 248M"),
+    "t5-v1.1-large": (783_000_000, False, "HF hub google/t5-v1_1-large: 783M"),
 }
 # Presets whose size no source states (checked by shape instead, in test_encoder_presets.py).
 UNPUBLISHED = ("electra-small-generator", "electra-base-generator", "electra-large-generator")

@@ -201,8 +201,8 @@ def test_errors_are_one_line_checkpoint_errors(tmp_path):
     path = _save(hf, tmp_path / "m")
     cases = [
         (
-            dict(config={"architectures": ["T5ForConditionalGeneration"]}),
-            "T5ForConditionalGeneration is not supported",
+            dict(config={"architectures": ["MarianMTModel"]}),
+            "MarianMTModel is not supported",
         ),
         (dict(drop="model.layers.1.mlp.up_proj.weight"), "missing weight"),
         (dict(reshape="model.layers.0.self_attn.k_proj.weight"), "does not fit config.json"),

@@ -149,7 +149,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="attention_mask"):
         model(torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 5))
     with pytest.raises(ConfigError, match="model.arch"):
-        build(ModelConfig(arch="seq2seq"))  # not yet available
+        build(ModelConfig(arch="mixture"))  # no such arch
 
 
 def test_cache_grows_and_reorders():
