@@ -28,8 +28,9 @@ def read_text(path: Path) -> list[str]:
     return [decode(path.read_bytes())]
 
 
-def read_jsonl(path: Path, field: str = "text") -> list[str]:
-    docs = []
+def jsonl_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a jsonl file."""
+    rows = []
     for lineno, line in enumerate(decode(path.read_bytes()).splitlines(), 1):
         if not line.strip():
             continue
@@ -37,7 +38,16 @@ def read_jsonl(path: Path, field: str = "text") -> list[str]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or field not in row:
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: a row must be a JSON object")
+        rows.append((lineno, row))
+    return rows
+
+
+def read_jsonl(path: Path, field: str = "text") -> list[str]:
+    docs = []
+    for lineno, row in jsonl_rows(path):
+        if field not in row:
             raise DataError(f"{path}:{lineno}: no field '{field}' (set data.text_field)")
         docs.append(str(row[field]))
     return docs

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
-from ..data.readers import decode
+from ..data.readers import decode, jsonl_rows
 from ..errors import ConfigError, DataError
 from .chat import check_messages
 from .datasets import TASK_TYPES, Splits, Task, default_metrics
@@ -45,21 +44,12 @@ def read_rows(path: str | Path) -> list[tuple[str, dict]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    text = decode(path.read_bytes())
     suffix = path.suffix.lower()
     rows = []
     if suffix in _JSONL:
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: a row must be a JSON object")
-            rows.append((f"{path}:{lineno}", row))
+        rows = [(f"{path}:{lineno}", row) for lineno, row in jsonl_rows(path)]
     elif suffix in _CSV:
+        text = decode(path.read_bytes())
         reader = csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
         for row in reader:
             rows.append((f"{path}:{reader.line_num}", row))
