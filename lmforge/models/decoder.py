@@ -30,6 +30,7 @@ from .layers import (
     RotaryEmbedding,
     SinusoidalPositions,
     attention_mask_4d,
+    init_normal_,
     make_norm,
     positions_from_mask,
 )
@@ -77,13 +78,7 @@ class Decoder(nn.Module):
         write into the residual stream (attention out, FFN fc2) scaled by 1/sqrt(2 n_layer),
         so the residual's variance does not grow with depth."""
         std = self.config.init_std
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, 0.0, std)
+        init_normal_(self, std)
         if not self.config.tie_embeddings:
             nn.init.normal_(self.lm_head.weight, 0.0, std)
         residual_std = std / math.sqrt(2 * self.config.n_layer)

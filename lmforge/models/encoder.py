@@ -33,7 +33,14 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import ConfigError
 from .config import ModelConfig
 from .heads import MLMHead, Pooler, RTDHead, pair_head
-from .layers import ACTIVATIONS, Block, LayerNorm, attention_mask_4d, make_norm
+from .layers import (
+    ACTIVATIONS,
+    Block,
+    LayerNorm,
+    attention_mask_4d,
+    init_normal_,
+    make_norm,
+)
 
 
 @dataclass
@@ -90,11 +97,7 @@ class Encoder(nn.Module):
     def init_weights(self) -> None:
         """BERT init: N(0, init_std) for weights and embeddings, zero biases, LayerNorm 1/0."""
         std = self.config.init_std
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, 0.0, std)
-                if isinstance(module, nn.Linear) and module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_normal_(self, std)
         if self.mlm_head is not None:
             nn.init.zeros_(self.mlm_head.bias)
             if not self.mlm_head.decoder.tied:

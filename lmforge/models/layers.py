@@ -26,6 +26,17 @@ from .config import ModelConfig
 # Normalization
 
 
+@torch.no_grad()
+def init_normal_(model: nn.Module, std: float) -> None:
+    """The init every family starts from: N(0, std) for each Linear and Embedding weight,
+    zero Linear biases (norms keep their own 1 / 0 init). Models add their own twists."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, 0.0, std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm(x) = gamma * (x - mu) / sigma + beta, over the last dimension.
 

@@ -46,6 +46,7 @@ from .layers import (
     KVCache,
     LayerNorm,
     RelativePositionBias,
+    init_normal_,
     make_norm,
 )
 
@@ -167,11 +168,7 @@ class Seq2Seq(nn.Module):
     def init_weights(self) -> None:
         """N(0, init_std) for weights and embeddings, zero biases, norms at 1 / 0."""
         std = self.config.init_std
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, 0.0, std)
-                if isinstance(module, nn.Linear) and module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_normal_(self, std)
         if not self.config.tie_embeddings:
             nn.init.normal_(self.lm_head.weight, 0.0, std)
 
