@@ -91,10 +91,20 @@ def test_eval_perplexity_is_exp_of_mean_nll(run_dir, tmp_path):
 def test_sliding_window_perplexity_scores_each_token_once(run_dir):
     run = load_run(run_dir)
     ids = list(range(5, 105))
-    full = perplexity(run.model, ids, seq_len=32)
-    slide = perplexity(run.model, ids, seq_len=32, stride=8)
-    assert full["tokens"] == slide["tokens"] == 99
-    assert slide["nll"] != full["nll"]
+    seq_len, stride = 32, 8
+    slide = perplexity(run.model, ids, seq_len=seq_len, stride=stride)
+    # reference, token by token: target t is predicted from ids[s:t], where s is the start
+    # of the first window (starts 0, 8, 16, ...; each ends at min(s + 32, 99)) reaching t
+    nll = 0.0
+    with torch.no_grad():
+        for t in range(1, len(ids)):
+            s = next(s for s in range(0, len(ids) - 1, stride) if min(s + seq_len, 99) >= t)
+            logits = run.model(input_ids=torch.tensor([ids[s:t]])).logits[0, -1]
+            nll -= torch.log_softmax(logits, -1)[ids[t]].item()
+    assert slide["tokens"] == 99
+    assert math.isclose(slide["nll"], nll / 99, rel_tol=1e-5)
+    full = perplexity(run.model, ids, seq_len=seq_len)
+    assert full["tokens"] == 99 and not math.isclose(full["nll"], slide["nll"], rel_tol=1e-6)
 
 
 def test_convert_round_trip_through_transformers(run_dir, tmp_path):
