@@ -95,6 +95,8 @@ def cmd_pretrain(args) -> int:
     summary = pretrain(cfg, resume=args.resume)
     shown = {"step": "steps", "val_loss": "val loss", "val_ppl": "val perplexity",
              "final_loss": "train loss", "tok_per_s": "tokens/s", "train_flops": "train FLOPs"}
+    shown.update({k: k.replace("_", " ") for k in summary
+                  if k.startswith("val_") and k not in shown})  # val_acc, val_nsp_acc ...
     for key, label in shown.items():
         value = summary.get(key)
         if value is not None:
@@ -176,6 +178,20 @@ def cmd_eval(args) -> int:
         source = "val split"
     if args.max_tokens:
         ids = ids[: args.max_tokens]
+    if run.model.config.arch != "decoder":  # encoders, encoder-decoders: their objective
+        from .runs import objective_eval
+
+        result = objective_eval(run, ids, seq_len=seq_len)
+        result = {"run": str(run.path), "checkpoint": run.checkpoint.name, "data": source,
+                  "seq_len": seq_len, "objective": run.config.objective.name, **result}
+        if args.json:
+            print(json.dumps(result))
+        else:
+            stats = ", ".join(f"{k} {v:.4f}" for k, v in result.items()
+                              if isinstance(v, float))
+            print(f"{source}: {result['tokens']:,} targets, {run.config.objective.name} "
+                  f"{stats} ({run.checkpoint.name}, seq_len {seq_len})")
+        return 0
     result = perplexity(run.model, ids, seq_len=seq_len, stride=args.stride)
     result = {"run": str(run.path), "checkpoint": run.checkpoint.name, "data": source,
               "seq_len": seq_len, **result}

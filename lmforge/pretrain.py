@@ -111,7 +111,6 @@ def pretrain(cfg: RunConfig, resume: bool = False) -> dict:
     from .data import ChunkSampler, eval_batches, open_shards, write_shards
     from .data.shards import fingerprint
     from .data.shards import read_meta as read_shard_meta
-    from .models import build
     from .objectives import build as build_objective
     from .tokenizer import Tokenizer
 
@@ -164,6 +163,10 @@ def pretrain(cfg: RunConfig, resume: bool = False) -> dict:
                 progress=train.progress,
             )
         model_cfg = resolve_model_config(cfg.model, tokenizer.vocab_size, tokenizer)
+        # the objective checks what it needs (special tokens, lengths) before anything
+        # is written
+        objective = build_objective(cfg.objective, tokenizer=tokenizer, model_config=model_cfg,
+                                    seed=cfg.seed)
         if tokenizer.eos_id is None:
             raise ConfigError("config key 'tokenizer.special_tokens': the tokenizer needs an "
                               "end-of-text token to separate documents")
@@ -196,16 +199,16 @@ def pretrain(cfg: RunConfig, resume: bool = False) -> dict:
         )
         dump_yaml(resolved, run_dir / "config.yaml")
 
-        # 6. model, objective, trainer
+        # 6. objective, model (the objective's: ELECTRA trains two), trainer. The sampler
+        # cuts windows of the length the objective asks for (CLM: seq_len + 1 tokens)
         torch.manual_seed(cfg.seed)
-        model = build(model_cfg)
-        objective = build_objective(cfg.objective.name)
-        sampler = ChunkSampler(shards.train, train.seq_len, train.batch_size, seed=cfg.seed)
+        model = objective.build_model(model_cfg)
+        step = objective.window_len(train.seq_len) - 1  # windows are step + 1 tokens long
+        sampler = ChunkSampler(shards.train, step, train.batch_size, seed=cfg.seed)
         eval_data = None
         if shards.val:
             def eval_data():
-                return eval_batches(shards.val, train.seq_len, train.batch_size,
-                                    train.eval_batches)
+                return eval_batches(shards.val, step, train.batch_size, train.eval_batches)
         n_params = sum(p.numel() for p in model.parameters())
         _say(f"{run_dir}: {n_params / 1e6:.2f}M parameters, "
              f"{shards.tokens('train'):,} train tokens, {train.tokens_per_step:,} tokens/step, "

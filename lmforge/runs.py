@@ -138,3 +138,34 @@ def perplexity(model: nn.Module, ids: list[int], seq_len: int, stride: int | Non
         count += int((tgt != -100).sum())
     mean = nll / count
     return {"tokens": count, "nll": mean, "ppl": math.exp(mean)}
+
+
+def objective_eval(run: Run, ids: list[int], seq_len: int, batch_size: int = 8,
+                   max_batches: int | None = None) -> dict:
+    """The run's own pretraining objective on a token stream: loss and its statistics.
+
+    For models whose objective is not next-token prediction (MLM, ELECTRA, BART, T5):
+    the stream is cut into the objective's windows and corrupted with draw=None (the
+    same masks every time), as the trainer's evals are. Returns {"tokens", "loss",
+    "ppl" (when the loss is a perplexity's log), and the objective's other statistics}.
+    """
+    import numpy as np
+
+    from .data import eval_batches
+    from .objectives import build
+    from .training.trainer import evaluate
+
+    objective = build(run.config.objective, tokenizer=run.tokenizer,
+                      model_config=run.model.config, seed=run.config.seed)
+    model = objective.eval_model(run) if hasattr(objective, "eval_model") else run.model
+    step = objective.window_len(seq_len) - 1
+    arrays = [np.asarray(ids, dtype=np.int64)]
+    if len(ids) < step + 1:
+        raise ConfigError(f"the evaluation text is too short: {len(ids)} tokens, the "
+                          f"objective needs windows of {step + 1}")
+    device = next(model.parameters()).device
+    stats = evaluate(objective, model, eval_batches(arrays, step, batch_size, max_batches),
+                     device)
+    out = {"tokens": stats.pop("val_tokens"), "loss": stats.pop("val_loss")}
+    out.update({k.removeprefix("val_"): v for k, v in stats.items()})
+    return out

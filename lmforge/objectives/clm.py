@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .base import Objective
+
 IGNORE = -100  # target id that takes no part in the loss (the PyTorch / HF convention)
 
 
@@ -152,7 +154,7 @@ def linear_cross_entropy(
 
 
 @dataclass
-class CausalLM:
+class CausalLM(Objective):
     """The CLM objective: raw token windows in, model inputs + targets out, and the loss.
 
     `pad_id`: targets equal to it are ignored (for batches padded on the right; packed
@@ -167,7 +169,11 @@ class CausalLM:
     chunk: int = 512
     name = "clm"
 
-    def prepare(self, tokens: np.ndarray | Tensor) -> dict[str, Tensor]:
+    @classmethod
+    def from_config(cls, cfg, *, tokenizer, model_config, seed: int = 0) -> CausalLM:
+        return cls()  # packed windows: no padding to ignore
+
+    def prepare(self, tokens: np.ndarray | Tensor, draw: int | None = None) -> dict[str, Tensor]:
         """A (B, T + 1) batch of token windows -> {"input_ids": (B, T), "targets": (B, T)}."""
         if not isinstance(tokens, Tensor):
             tokens = torch.from_numpy(np.asarray(tokens))

@@ -124,7 +124,15 @@ class TokenizerConfig:
 
 @dataclass
 class ObjectiveConfig:
-    name: Literal["clm"] = "clm"
+    """Which pretraining objective, and its knobs (each used by the objectives named).
+
+    The recipes in configs/ show one per objective; docs/objectives.md says what each
+    key does.
+    """
+
+    name: Literal["clm", "mlm", "electra", "bart", "t5"] = "clm"
+    # -- mlm / electra (encoders) --
+    # -- bart / t5 (encoder-decoders) --
 
 
 @dataclass

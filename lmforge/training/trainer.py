@@ -50,6 +50,45 @@ from .optim import build_optimizers
 from .schedule import LRSchedule, apply_lr
 
 
+@torch.no_grad()
+def evaluate(objective, model: nn.Module, batches: Iterable, device: torch.device,
+             autocast=contextlib.nullcontext) -> dict:
+    """Validation statistics: val_loss (token-weighted), its perplexity when the
+    objective's loss is one, and the objective's other statistics (val_acc, ...).
+
+    Batches are prepared with draw=None: the same corruption every time, so evals along
+    a run compare like with like.
+    """
+    was_training = model.training
+    model.eval()
+    sums: dict[str, list[float]] = {}
+    for raw in batches:
+        batch = {k: v.to(device, non_blocking=True)
+                 for k, v in objective.prepare(raw).items()}
+        with autocast():
+            if hasattr(objective, "evaluate"):
+                stats = objective.evaluate(model, batch)
+            else:  # a plain objective: loss only
+                loss, n = objective.loss(model, batch)
+                stats = {"loss": (loss, n)}
+        for key, (total, count) in stats.items():
+            acc = sums.setdefault(key, [0.0, 0.0])
+            acc[0] += float(total)
+            acc[1] += float(count)
+    model.train(was_training)
+    loss_sum, n = sums.get("loss", (0.0, 0.0))
+    if n == 0:
+        return {}
+    out = {"val_loss": loss_sum / n}
+    if getattr(objective, "perplexity", True):
+        out["val_ppl"] = math.exp(out["val_loss"]) if out["val_loss"] < 700 else float("inf")
+    out["val_tokens"] = int(n)
+    for key, (total, count) in sums.items():
+        if key != "loss" and count:
+            out[f"val_{key}"] = total / count
+    return out
+
+
 class NonFiniteLossError(LmforgeError):
     """Training stopped: the loss was NaN or inf for too many steps in a row."""
 
@@ -228,7 +267,8 @@ class Trainer:
         """
         model = self.forward_model
         model.train()
-        batches = [self.objective.prepare(raw) for raw in raw_batches]
+        # draw = the step: corruption (masking, noise) is drawn afresh each step
+        batches = [self.objective.prepare(raw, draw=self.step) for raw in raw_batches]
         n_total = sum(self.objective.num_targets(b) for b in batches)
         tokens = sum(int(b["input_ids"].numel()) for b in batches)
         total = torch.zeros((), device=self.device)
@@ -271,24 +311,10 @@ class Trainer:
         self.tokens += tokens
         return StepResult(loss, n_total, tokens, grad_norm, lr, skipped=not finite)
 
-    @torch.no_grad()
     def evaluate(self, batches: Iterable) -> dict:
-        """Token-weighted mean loss over `batches` and its perplexity exp(loss)."""
-        model = self.forward_model
-        model.eval()
-        total, n = 0.0, 0
-        for raw in batches:
-            batch = self._to_device(self.objective.prepare(raw))
-            with self._autocast():
-                loss_sum, k = self.objective.loss(model, batch)
-            total += float(loss_sum)
-            n += k
-        model.train()
-        if n == 0:
-            return {}
-        val_loss = total / n
-        ppl = math.exp(val_loss) if val_loss < 700 else float("inf")
-        return {"val_loss": val_loss, "val_ppl": ppl, "val_tokens": n}
+        """Validation statistics over `batches` (see `evaluate` below)."""
+        return evaluate(self.objective, self.forward_model, batches, self.device,
+                        self._autocast)
 
     # ---- checkpoints ------------------------------------------------------------------
 
@@ -364,6 +390,9 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------
 
     def _flops_per_token(self) -> float | None:
+        counter = getattr(self.objective, "flops_per_token", None)
+        if counter is not None:
+            return counter(unwrap(self.model), self.cfg.seq_len)
         try:
             return model_flops_per_token(unwrap(self.model), self.cfg.seq_len)
         except AttributeError:  # a model without an lmforge decoder config
@@ -463,8 +492,9 @@ class Trainer:
                 evals = self.evaluate(eval_data())
                 if log and evals:
                     log.log({"event": "eval", "step": self.step, **evals})
-                    log.write(f"step {self.step}: val loss {evals['val_loss']:.4f}, "
-                              f"ppl {evals['val_ppl']:.2f}")
+                    log.write(f"step {self.step}: " + ", ".join(
+                        f"{k.removeprefix('val_').replace('_', ' ')} {v:.4g}"
+                        for k, v in evals.items() if k != "val_tokens"))
                     log.plot()
             if self.run_dir is not None and (at_end or (cfg.save_every
                                                         and self.step % cfg.save_every == 0)):
@@ -476,7 +506,7 @@ class Trainer:
         summary = {
             "event": "summary", "step": self.step, "tokens": self.tokens,
             "final_loss": last_loss if math.isfinite(last_loss) else None,
-            **{k: evals[k] for k in ("val_loss", "val_ppl") if k in evals},
+            **{k: v for k, v in evals.items() if k != "val_tokens"},
             "train_time_s": self.train_time,
             "tok_per_s": self.tokens / self.train_time if self.train_time else 0.0,
             "flops_per_token": fpt,
