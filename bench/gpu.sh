@@ -4,6 +4,7 @@
 #     bash bench/gpu.sh                       # defaults below; ~3-5 minutes on one H100
 #     BATCH=8 STEPS=20 COMPILE=0 bash bench/gpu.sh
 #     HF=1 bash bench/gpu.sh                  # also time transformers' GPT2LMHeadModel
+#     CHUNK=0 bash bench/gpu.sh               # plain logits + cross-entropy, no fused head
 #
 # Synthetic tokens (throughput does not depend on the text), context 1024, vocab 50257,
 # dropout 0, AdamW, grad clip 1.0, through lmforge's Trainer.train_step. MFU counts
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export BATCH=${BATCH:-16} STEPS=${STEPS:-30} WARMUP=${WARMUP:-10} COMPILE=${COMPILE:-1}
-export HF=${HF:-0}
+export HF=${HF:-0} CHUNK=${CHUNK:-512}
 
 "$PYTHON" - <<'EOF'
 import os
@@ -69,11 +70,13 @@ print(f"GPT-2 124M: {n_params:,} parameters, {fpt / 1e9:.3f} GFLOP per token (6N
 cfg = TrainConfig(batch_size=B, seq_len=T, lr=6e-4, warmup_steps=0, schedule="constant",
                   precision="bf16", compile=compile_, progress=False, tensorboard=False,
                   device="cuda")
-trainer = Trainer(model, CausalLM(), cfg)
+chunk = int(os.environ["CHUNK"])
+trainer = Trainer(model, CausalLM(chunk=chunk), cfg)
 raw = torch.randint(0, V, (B, T + 1))
 print("| run | batch | tokens/s (median) | MFU | peak memory |")
 print("|---|---|---:|---:|---:|")
-timed(lambda: trainer.train_step([raw]), f"lmforge bf16{' + compile' if compile_ else ''}", fpt)
+label = f"lmforge bf16{' + compile' if compile_ else ''}, loss chunk {chunk or 'off'}"
+timed(lambda: trainer.train_step([raw]), label, fpt)
 
 if os.environ["HF"] == "1":
     from transformers import GPT2Config, GPT2LMHeadModel

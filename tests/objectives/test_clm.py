@@ -91,3 +91,16 @@ def test_linear_cross_entropy_under_bf16_autocast_is_close():
     assert n == 10 and loss.dtype == torch.float32
     assert loss.item() == pytest.approx(ref.item(), rel=2e-2)
     assert h.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+
+
+def test_cuda_loss_function_matches_clm_loss():
+    """The cross-entropy the GPU path compiles gives clm_loss's summed value (run eagerly)."""
+    from lmforge.objectives.clm import _cross_entropy_sum
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 11, generator=g)
+    targets = torch.randint(0, 11, (2, 5), generator=g)
+    targets[0, 1] = IGNORE
+    expected, n = clm_loss(logits, targets)
+    assert n == 9
+    torch.testing.assert_close(_cross_entropy_sum(logits, targets), expected)
