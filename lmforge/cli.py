@@ -220,8 +220,13 @@ def cmd_convert(args) -> int:
             tok = Tokenizer.from_hf_json(src / "tokenizer.json")
         elif (src / "vocab.json").is_file() and (src / "merges.txt").is_file():
             tok = Tokenizer.from_gpt2_files(src / "vocab.json", src / "merges.txt")
+        elif (src / "vocab.txt").is_file():  # BERT's WordPiece vocab
+            from .wordpiece import WordPieceTokenizer
+
+            tok = WordPieceTokenizer.from_vocab_txt(src / "vocab.txt")
         else:
-            raise LmforgeError(f"{src} has no tokenizer.json (or vocab.json + merges.txt)")
+            raise LmforgeError(f"{src} has no tokenizer.json (or vocab.json + merges.txt, "
+                               "or vocab.txt)")
         write_run(model, tok, args.out, source=str(src))
         print(f"converted {src} ({model.config.family or 'decoder'}, "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) -> {args.out}")

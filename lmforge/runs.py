@@ -2,7 +2,7 @@
 
     RUN_DIR/
       config.yaml            the fully resolved RunConfig (reruns the run as it stands)
-      tokenizer.json         HF-compatible byte-level BPE
+      tokenizer.json         HF-compatible byte-level BPE (WordPiece for BERT checkpoints)
       checkpoints/step-N/    model.safetensors + state.pt + meta.json
       metrics.jsonl, events.out.tfevents.*, *.png
 

@@ -792,14 +792,16 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
-        """Read a `tokenizer.json` written by `save` (or any byte-level BPE one)."""
+        """Read a `tokenizer.json` written by `save` (or any byte-level BPE one). A
+        WordPiece file (BERT) gives a `lmforge.wordpiece.WordPieceTokenizer`."""
         return cls.from_hf_json(path)
 
     @classmethod
     def from_hf_json(cls, path: str | os.PathLike) -> Tokenizer:
         """Import an HF `tokenizer.json` of a byte-level BPE (GPT-2, RoBERTa, Llama-3,
-        ... style). Other models, or options lmforge cannot reproduce exactly, raise
-        TokenizerError. Post-processors (BOS/EOS templates) are not applied by encode."""
+        ... style). A WordPiece one (BERT) gives a `WordPieceTokenizer`. Other models,
+        or options lmforge cannot reproduce exactly, raise TokenizerError.
+        Post-processors (BOS/EOS templates) are not applied by encode."""
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"
@@ -809,6 +811,10 @@ class Tokenizer:
             raise TokenizerError(f"{where}: not a tokenizer.json (no 'model' object)")
         model = data["model"]
         kind = model.get("type", "BPE" if "merges" in model else None)
+        if kind == "WordPiece":  # BERT's tokenizer: its own class, the same interface
+            from .wordpiece import WordPieceTokenizer
+
+            return WordPieceTokenizer.from_hf_dict(data, where)
         if kind != "BPE":
             raise TokenizerError(f"{where}: model type {kind!r} is not BPE")
         for key in ("continuing_subword_prefix", "end_of_word_suffix"):

@@ -437,11 +437,13 @@ def test_bad_pattern():
         Tokenizer.train(["abc"], 300, pattern="(unclosed", progress=False)
 
 
-def test_loading_a_wordpiece_tokenizer_json_fails(tmp_path):
+def test_loading_a_non_bert_wordpiece_tokenizer_json_fails(tmp_path):
+    # WordPiece files load as lmforge.wordpiece.WordPieceTokenizer (tests/test_wordpiece.py)
+    # when they are BERT's (BertPreTokenizer); other pre-tokenizers are refused.
     wp = hf.Tokenizer(hf.models.WordPiece({"[UNK]": 0, "a": 1, "##b": 2}, unk_token="[UNK]"))
     wp.pre_tokenizer = hf.pre_tokenizers.Whitespace()
     wp.save(str(tmp_path / "wp.json"))
-    with pytest.raises(TokenizerError, match="model type 'WordPiece' is not BPE"):
+    with pytest.raises(TokenizerError, match="pre_tokenizer 'Whitespace' is not supported"):
         Tokenizer.from_hf_json(tmp_path / "wp.json")
 
 

@@ -1,15 +1,17 @@
 """Real weights: sentence-transformers/all-MiniLM-L6-v2 (a BertModel, 6 layers, 384 wide).
 
-lmforge reads the checkpoint with `load_hf`; its WordPiece vocab is read by the
-`tokenizers` library from the shipped tokenizer.json (see docs/encoders.md).
+The run directory comes from `lmforge convert --from-hf` (the `minilm_run` fixture in
+tests/conftest.py) and is read back with `load_run`: the model, and lmforge's own
+WordPiece tokenizer (lmforge/wordpiece.py) reading the checkpoint's tokenizer.json.
+Reference: `transformers.BertModel` and the HF `tokenizers` library on the same files.
 """
 
 import pytest
 import torch
 
 from lmforge.data import registry
-from lmforge.errors import DataError
-from lmforge.interop.hf import load_hf
+from lmforge.runs import load_run
+from lmforge.wordpiece import WordPieceTokenizer
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -25,21 +27,19 @@ UNRELATED = [(0, 2), (0, 4), (1, 3), (2, 4), (3, 4), (1, 4)]
 
 
 @pytest.fixture(scope="module")
-def minilm():
-    try:
-        files = registry.files("minilm")
-    except DataError as e:
-        pytest.skip(str(e))
-    root = next(f for f in files if f.name == "config.json").parent
-    tok = tokenizers.Tokenizer.from_file(str(root / "tokenizer.json"))
-    tok.enable_padding(pad_id=0, pad_token="[PAD]")
-    enc = tok.encode_batch(SENTENCES)
+def minilm(minilm_run):
+    """(HF checkpoint folder, model, padded batch made by our tokenizer, tokenizer)."""
+    root = next(f for f in registry.files("minilm") if f.name == "config.json").parent
+    run = load_run(minilm_run)
+    tok = run.tokenizer
+    rows = [[tok.cls_id, *tok.encode(s), tok.sep_id] for s in SENTENCES]
+    width = max(map(len, rows))
     batch = dict(
-        input_ids=torch.tensor([e.ids for e in enc]),
-        attention_mask=torch.tensor([e.attention_mask for e in enc]),
-        token_type_ids=torch.tensor([e.type_ids for e in enc]),
+        input_ids=torch.tensor([r + [tok.pad_id] * (width - len(r)) for r in rows]),
+        attention_mask=torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+        token_type_ids=torch.zeros(len(rows), width, dtype=torch.long),
     )
-    return root, load_hf(root), batch, enc
+    return root, run.model, batch, tok
 
 
 def _mean_pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -50,18 +50,27 @@ def _mean_pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def test_tokenizer_is_uncased_wordpiece_with_bert_specials(minilm):
-    _, _, batch, enc = minilm
-    n = sum(enc[0].attention_mask)
-    assert enc[0].tokens[0] == "[CLS]" and enc[0].tokens[n - 1] == "[SEP]"
-    assert enc[0].ids[0] == 101 and enc[0].ids[n - 1] == 102  # BERT's [CLS], [SEP] ids
-    assert "guitar" in enc[0].tokens and "man" in enc[0].tokens  # lowercased
+    root, _, batch, tok = minilm
+    assert isinstance(tok, WordPieceTokenizer) and tok.lowercase
+    ids = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()
+    assert ids[0] == 101 and ids[-1] == 102  # BERT's [CLS], [SEP] ids
+    assert [tok.id_to_token(i) for i in ids[1:-1]] == [
+        "a", "man", "is", "playing", "a", "guitar", "on", "stage", "."]
     assert batch["attention_mask"].min() == 0  # sentences of different lengths: padding
+    # The same padded batch as HF `tokenizers` makes from the checkpoint's own file.
+    hf = tokenizers.Tokenizer.from_file(str(root / "tokenizer.json"))
+    hf.enable_padding(pad_id=0, pad_token="[PAD]")
+    hf.no_truncation()
+    enc = hf.encode_batch(SENTENCES)
+    assert batch["input_ids"].tolist() == [e.ids for e in enc]
+    assert batch["attention_mask"].tolist() == [e.attention_mask for e in enc]
 
 
 def test_hidden_states_match_transformers(minilm):
     transformers = pytest.importorskip("transformers")
     root, model, batch, _ = minilm
     assert model.config.n_layer == 6 and model.config.d_model == 384
+    assert not model.training  # load_run gives eval mode
     ref = transformers.BertModel.from_pretrained(root).eval()
     with torch.no_grad():
         ours, theirs = model(**batch), ref(**batch)
