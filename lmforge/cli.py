@@ -117,7 +117,12 @@ def _prompt_ids(tokenizer, prompt: str) -> list[int]:
 
 
 def cmd_generate(args) -> int:
-    """Continue a prompt with a trained model: lmforge generate RUN_DIR --prompt TEXT."""
+    """Continue a prompt with a trained model: lmforge generate RUN_DIR --prompt TEXT.
+
+    For an encoder-decoder (BART, T5) the prompt is the encoder's input and the output is
+    the decoded target, e.g. --prompt "To be or <extra_id_0> to be" (T5) or "<mask>"
+    (BART): special tokens in the prompt are recognised.
+    """
     import torch
 
     from .generation import GenerationConfig, generate, pad_left
@@ -125,7 +130,15 @@ def cmd_generate(args) -> int:
 
     run = load_run(args.run_dir, step=args.step)
     tok = run.tokenizer
-    prompts = [_prompt_ids(tok, p) for p in args.prompt]
+    seq2seq = run.model.config.arch == "seq2seq"
+    if seq2seq:  # encoder-decoder: the prompt is the source (<mask>, <extra_id_0> allowed)
+        from .objectives.denoising import source_ids, target_text
+
+        for p in args.prompt:
+            _prompt_ids(tok, p)  # one clear error for an empty prompt
+        prompts = [source_ids(tok, p, run.model.config.family) for p in args.prompt]
+    else:
+        prompts = [_prompt_ids(tok, p) for p in args.prompt]
     gen = GenerationConfig(
         max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0 and args.num_beams == 1,
         temperature=args.temperature if args.temperature > 0 else 1.0, top_k=args.top_k,
@@ -136,6 +149,12 @@ def cmd_generate(args) -> int:
     g = torch.Generator().manual_seed(args.seed)
     out = generate(run.model, ids, mask, gen, generator=g, decode=tok.decode)
     width = ids.shape[1]
+    if seq2seq:  # the output is the decoded target
+        for row in out.tolist():
+            print(target_text(tok, row, run.model.config.decoder_start_token_id))
+            if len(out) > 1:
+                print("-" * 40)
+        return 0
     for i, row in enumerate(out.tolist()):
         new = row[width:]
         if tok.eos_id in new:

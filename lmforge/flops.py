@@ -117,3 +117,54 @@ def peak_flops(device: torch.device | str, precision: str = "fp32") -> tuple[flo
 def mfu(flops_per_tok: float, tokens_per_s: float, peak: float) -> float:
     """Model FLOPs utilization: achieved FLOP/s over the peak."""
     return flops_per_tok * tokens_per_s / peak if peak else 0.0
+
+
+def seq2seq_flops_per_token(model: nn.Module, source_len: int, target_len: int) -> float:
+    """Training FLOPs of an lmforge encoder-decoder per *source* (encoder input) token.
+
+    The trainer counts encoder input tokens (`input_ids`), so the FLOPs of one example
+    (S source tokens, T target tokens) are divided by S:
+
+        F * S = 6 * (N_enc + N_kv) * S  +  6 * N_dec * T             matmuls
+              + 12 * d_attn * (L_enc * S^2 + L_dec * T^2 + L_dec * T * S)  attention
+
+    N_enc: the encoder's matmul parameters; N_kv: the decoders' cross-attention K/V
+    projections, which read the S memory tokens; N_dec: the rest of the decoder and the
+    LM head, which run on the T target tokens. The attention terms are the decoder
+    formula's 12 L d_attn T per token for encoder self-attention (S keys), decoder
+    self-attention (T keys, not halved for the causal mask) and cross-attention (S keys
+    per target token).
+    """
+    cfg = model.config
+    d_attn = cfg.n_head * (getattr(cfg, "head_dim", None) or cfg.d_model // cfg.n_head)
+    n_enc = matmul_params(model.encoder_blocks)
+    n_kv = sum(b.cross.kv.weight.numel() for b in model.decoder_blocks)
+    n_dec = matmul_params(model.decoder_blocks) - n_kv + model.lm_head.weight.numel()
+    L_enc, L_dec = len(model.encoder_blocks), len(model.decoder_blocks)
+    S, T = source_len, target_len
+    per_example = (6.0 * (n_enc + n_kv) * S + 6.0 * n_dec * T
+                   + 12.0 * d_attn * (L_enc * S * S + L_dec * T * T + L_dec * T * S))
+    return per_example / S
+
+
+def encoder_flops_per_token(model: nn.Module, seq_len: int, mlm_fraction: float = 1.0) -> float:
+    """Training FLOPs per input token of an lmforge `Encoder` (BERT, RoBERTa, ELECTRA,
+    ALBERT): 6 N_eff + 12 L d_attn T, where N_eff counts each matmul weight as often per
+    token as it is applied:
+
+    - blocks: ALBERT applies its one shared block n_layer times, so its weights count
+      n_layer / n_blocks times;
+    - the MLM head (transform + tied decoder) runs only at the scored positions:
+      times `mlm_fraction` (the mask probability; 1 = every position);
+    - pooler and NSP / SOP head run once per sequence: divided by seq_len.
+    """
+    cfg = model.config
+    n_all = matmul_params(model)
+    blocks = matmul_params(model.blocks)
+    head = matmul_params(model.mlm_head) if getattr(model, "mlm_head", None) else 0
+    per_seq = sum(matmul_params(m) for m in (getattr(model, "pooler", None),
+                                             getattr(model, "pair_head", None)) if m)
+    n_eff = (n_all - blocks - head - per_seq + blocks * cfg.n_layer / len(model.blocks)
+             + head * mlm_fraction + per_seq / seq_len)
+    d_attn = cfg.n_head * (cfg.head_dim or cfg.d_model // cfg.n_head)
+    return 6.0 * n_eff + 12.0 * cfg.n_layer * d_attn * seq_len

@@ -68,6 +68,9 @@ def resolve_model_config(model: dict, vocab_size: int, tokenizer=None):
         ids = {"eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id,
                "bos_token_id": tokenizer.bos_id if tokenizer.bos_id is not None
                else tokenizer.eos_id}  # GPT-2 style: <|endoftext|> also begins
+        if merged.get("arch") == "seq2seq":  # as HF: T5's decoder starts with <pad>, BART's </s>
+            pad_start = merged.get("family") == "t5" and tokenizer.pad_id is not None
+            ids["decoder_start_token_id"] = tokenizer.pad_id if pad_start else tokenizer.eos_id
         for key, value in ids.items():
             if key not in model:
                 merged[key] = value
@@ -112,7 +115,7 @@ def pretrain(cfg: RunConfig, resume: bool = False) -> dict:
     from .data.shards import fingerprint
     from .data.shards import read_meta as read_shard_meta
     from .objectives import build as build_objective
-    from .tokenizer import Tokenizer
+    from .tokenizer import Tokenizer, sentinel_tokens
 
     run_dir = Path(cfg.run_dir)
     tok_file = run_dir / "tokenizer.json"
@@ -157,16 +160,19 @@ def pretrain(cfg: RunConfig, resume: bool = False) -> dict:
             texts = take_chars(docs, cfg.tokenizer.train_chars)
             _say(f"training a {cfg.tokenizer.vocab_size}-token BPE tokenizer on "
                  f"{sum(map(len, texts)):,} characters")
+            # T5's sentinels come last, <extra_id_0> the very last id (as in T5's vocab)
+            sentinels = sentinel_tokens(cfg.tokenizer.sentinels)[::-1]
             tokenizer = Tokenizer.train(
                 texts, vocab_size=cfg.tokenizer.vocab_size,
-                special_tokens=list(cfg.tokenizer.special_tokens), pattern=cfg.tokenizer.pattern,
-                progress=train.progress,
+                special_tokens=[*cfg.tokenizer.special_tokens, *sentinels],
+                pattern=cfg.tokenizer.pattern, progress=train.progress,
             )
         model_cfg = resolve_model_config(cfg.model, tokenizer.vocab_size, tokenizer)
         # the objective checks what it needs (special tokens, lengths) before anything
         # is written
         objective = build_objective(cfg.objective, tokenizer=tokenizer, model_config=model_cfg,
                                     seed=cfg.seed)
+        objective.window_len(train.seq_len)  # T5 / BART: checks seq_len against the noising
         if tokenizer.eos_id is None:
             raise ConfigError("config key 'tokenizer.special_tokens': the tokenizer needs an "
                               "end-of-text token to separate documents")
@@ -245,12 +251,25 @@ def check_resumable(ckpt: Path, model_cfg: dict, tokenizer_hash: str) -> None:
 
 @torch.no_grad()
 def sample_text(model, tokenizer, cfg: RunConfig) -> str:
-    """Continue `sample.prompt` with the trained model (seeded; temperature 0 = greedy)."""
+    """Continue `sample.prompt` with the trained model (seeded; temperature 0 = greedy).
+    An encoder-decoder reads the prompt as its source and returns the decoded target."""
     from .generation import generate
 
     s = cfg.sample
     model.eval()
     device = next(model.parameters()).device
+    if model.config.arch == "seq2seq":  # the prompt is the encoder's input; show the target
+        from .objectives.denoising import source_ids, target_text
+
+        src = source_ids(tokenizer, s.prompt, model.config.family)
+        room = model.config.max_seq_len - 1 if model.config.positions == "learned" else None
+        out = generate(
+            model, torch.tensor([src[-model.config.max_seq_len:]], device=device),
+            max_new_tokens=max(1, min(s.max_new_tokens, room or s.max_new_tokens)),
+            do_sample=s.temperature > 0, temperature=s.temperature or 1.0, top_k=s.top_k or 0,
+            generator=torch.Generator(device).manual_seed(cfg.seed),
+        )
+        return target_text(tokenizer, out[0].tolist(), model.config.decoder_start_token_id)
     ids = tokenizer.encode(s.prompt)[-(model.config.max_seq_len - 1):]
     room = model.config.max_seq_len - len(ids)  # learned positions end at max_seq_len
     out = generate(

@@ -130,6 +130,33 @@ class Encoder(nn.Module):
     ) -> EncoderOutput:
         """input_ids (B, T); attention_mask (B, T), 1 = real token, 0 = padding;
         token_type_ids (B, T), the segment (0 = A, 1 = B), zeros when not given."""
+        x = self.encode(input_ids, attention_mask, token_type_ids, position_ids)
+        out = EncoderOutput(last_hidden_state=x)
+        if self.pooler is not None:
+            out.pooler_output = self.pooler(x)
+        head = self.config.encoder_head
+        if head == "mlm":
+            out.logits = self.mlm_head(x)
+        elif head in ("mlm_nsp", "mlm_sop"):
+            out.prediction_logits = self.mlm_head(x)
+            pair = self.pair_head(out.pooler_output)
+            if head == "mlm_nsp":
+                out.seq_relationship_logits = pair
+            else:
+                out.sop_logits = pair
+        elif head == "rtd":
+            out.logits = self.rtd_head(x)
+        return out
+
+    def encode(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        """The final hidden states (B, T, d), no head: for objectives that apply a head to
+        some positions only (masked LM scores the ~15% masked ones)."""
         config = self.config
         B, T = input_ids.shape
         if attention_mask is not None and attention_mask.shape != (B, T):
@@ -163,21 +190,4 @@ class Encoder(nn.Module):
                 x = checkpoint(block, x, mask, use_reentrant=False)
             else:
                 x = block(x, mask)
-        x = self.norm_out(x)
-
-        out = EncoderOutput(last_hidden_state=x)
-        if self.pooler is not None:
-            out.pooler_output = self.pooler(x)
-        head = config.encoder_head
-        if head == "mlm":
-            out.logits = self.mlm_head(x)
-        elif head in ("mlm_nsp", "mlm_sop"):
-            out.prediction_logits = self.mlm_head(x)
-            pair = self.pair_head(out.pooler_output)
-            if head == "mlm_nsp":
-                out.seq_relationship_logits = pair
-            else:
-                out.sop_logits = pair
-        elif head == "rtd":
-            out.logits = self.rtd_head(x)
-        return out
+        return self.norm_out(x)

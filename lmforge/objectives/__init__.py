@@ -4,7 +4,9 @@ and targets and owns its loss. An objective knows nothing of the trainer.
 What the recipe and the trainer call is in base.py (`Objective`): from_config,
 build_model, window_len, prepare(raw, draw), num_targets, loss, evaluate, export.
 
-Objectives: `clm` (causal LM, GPT / Llama).
+Objectives: `clm` (causal LM, GPT / Llama), `mlm` (masked LM + NSP / SOP: BERT,
+RoBERTa, ALBERT) and `electra` (replaced-token detection) for encoders, `bart`
+(denoising) and `t5` (span corruption) for encoder-decoders.
 """
 
 from __future__ import annotations
@@ -12,8 +14,15 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .base import Objective
 from .clm import IGNORE, CausalLM, clm_loss, linear_cross_entropy
+from .denoising import BartDenoising, T5SpanCorruption
+from .electra import Electra
+from .mlm import MaskedLM
 
 OBJECTIVES = {"clm": CausalLM}
+OBJECTIVES["bart"] = BartDenoising  # BART denoising (encoder-decoders)
+OBJECTIVES["t5"] = T5SpanCorruption  # T5 span corruption (encoder-decoders)
+OBJECTIVES["mlm"] = MaskedLM  # masked LM (+ NSP / SOP): BERT, RoBERTa, ALBERT
+OBJECTIVES["electra"] = Electra  # replaced-token detection (ELECTRA)
 
 
 def build(cfg, *, tokenizer=None, model_config=None, seed: int = 0) -> Objective:
@@ -37,5 +46,5 @@ def _unknown(name):
     )
 
 
-__all__ = ["IGNORE", "CausalLM", "OBJECTIVES", "Objective", "build", "clm_loss",
-           "linear_cross_entropy"]
+__all__ = ["IGNORE", "BartDenoising", "CausalLM", "Electra", "MaskedLM", "OBJECTIVES",
+           "Objective", "T5SpanCorruption", "build", "clm_loss", "linear_cross_entropy"]

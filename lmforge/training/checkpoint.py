@@ -80,8 +80,13 @@ def save_checkpoint(
     state: dict,
     meta: dict | None = None,
     keep_last: int | None = None,
+    extra: dict[str, nn.Module] | None = None,
 ) -> Path:
-    """Write checkpoints/step-`step` atomically; then keep only the newest `keep_last`."""
+    """Write checkpoints/step-`step` atomically; then keep only the newest `keep_last`.
+
+    `extra`: other trained modules saved beside the model as NAME.safetensors (ELECTRA's
+    generator), so that model.safetensors holds exactly the run's model.
+    """
     model = unwrap(model)
     if not all_finite(model):
         raise CheckpointError(
@@ -90,6 +95,8 @@ def save_checkpoint(
     path = Path(ckpt_dir) / f"step-{step}"
     with atomic_dir(path) as tmp:
         save_model(model, str(tmp / WEIGHTS))  # step lives in meta.json: same run, same bytes
+        for name, part in (extra or {}).items():
+            save_model(unwrap(part), str(tmp / f"{name}.safetensors"))
         torch.save(to_safe(state), tmp / STATE)
         (tmp / META).write_text(json.dumps({"step": step, **(meta or {})}, indent=2))
     if keep_last is not None:

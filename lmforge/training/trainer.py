@@ -347,13 +347,24 @@ class Trainer:
             )
         meta = {"tokens": self.tokens, "model_config": self.model_config,
                 "lmforge_version": __version__, **self.meta}
-        return save_checkpoint(self.ckpt_dir, self.step, self.model, self.state_dict(sampler),
-                               meta, self.cfg.keep_last)
+        parts = self.checkpoint_parts()
+        return save_checkpoint(self.ckpt_dir, self.step, parts.pop("model"),
+                               self.state_dict(sampler), meta, self.cfg.keep_last, extra=parts)
+
+    def checkpoint_parts(self) -> dict[str, nn.Module]:
+        """The weight files of a checkpoint: "model" (model.safetensors) is the run's model;
+        an objective that trains more (ELECTRA: the generator beside the discriminator)
+        names the other parts, each saved as NAME.safetensors for exact resume."""
+        parts = getattr(self.objective, "checkpoint_parts", None)
+        return dict(parts(unwrap(self.model))) if parts else {"model": self.model}
 
     def load(self, path: str | Path, sampler=None) -> None:
         """Restore weights and training state from checkpoint folder `path`."""
         path = Path(path)
-        load_weights(path, self.model)
+        parts = self.checkpoint_parts()
+        load_weights(path, parts.pop("model"))
+        for name, part in parts.items():
+            load_weights(path / f"{name}.safetensors", part)
         state = load_state(path)
         if len(state["optimizers"]) != len(self.optimizers):
             raise CheckpointError(f"checkpoint {path} was trained with another optimizer")
