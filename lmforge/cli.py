@@ -165,8 +165,63 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    """Fine-tune a model on a task: lmforge finetune CONFIG [key=value ...].
+
+    CONFIG is a recipe from configs/finetune/ (or a fine-tuned run's config.yaml, with
+    run_dir=NEW). init_from names an lmforge run dir or a Hugging Face checkpoint dir.
+    Every task metric is measured on val after each epoch; the best checkpoint is kept
+    and scored on test (RUN_DIR/results.json).
+    """
+    from .config import load_config
+    from .finetune import FinetuneConfig, finetune
+
+    summary = finetune(load_config(args.config, FinetuneConfig, args.overrides))
+    print(f"best epoch: {summary['best_epoch']} of {summary['epochs_run']}"
+          + (" (stopped early)" if summary["stopped_early"] else ""))
+    for split in ("val", "test"):
+        print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in summary[split].items()))
+    print(f"run directory: {summary['run_dir']} (results.json, metrics.jsonl, checkpoints/)")
+    return 0
+
+
+def _eval_task(args) -> int:
+    """`lmforge eval RUN_DIR --task NAME --split test` for a fine-tuned run."""
+    import json
+
+    from .finetune import evaluate_run
+
+    scores = evaluate_run(args.run_dir, args.task, args.split)
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        for k, v in scores.items():
+            print(f"{k}: {v:.4f}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    """A markdown results table of fine-tuned runs: task columns, model rows (GLUE-style).
+
+    Each cell is the task's main metric on the test split x 100, from RUN_DIR/results.json.
+    """
+    from .atomic import write_text
+    from .finetune import results_table
+
+    table = results_table(args.run_dirs, args.split)
+    if args.out:
+        write_text(args.out, table)
+    print(table, end="")
+    return 0
+
+
 def cmd_eval(args) -> int:
-    """Evaluate a trained model: perplexity on a text file (or the run's val split)."""
+    """Evaluate a trained model: perplexity on a text file (or the run's val split);
+    for a fine-tuned run, its task's metrics on --split (see --task)."""
+    from .finetune import is_finetuned
+
+    if args.task or is_finetuned(args.run_dir):  # a fine-tuned run: its task's metrics
+        return _eval_task(args)
     import json
 
     import numpy as np
@@ -329,6 +384,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-tokens", type=int, default=None)
     q.add_argument("--step", type=int, default=None)
     q.add_argument("--json", action="store_true", help="print one JSON line")
+    q.add_argument("--task", default=None,
+                   help="fine-tuned runs: the task to score (default: the run's own)")
+    q.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="fine-tuned runs: the split to score (default: test)")
+
+    q = add("finetune", cmd_finetune)
+    q.add_argument("config", type=Path, help="YAML recipe (configs/finetune/*.yaml)")
+    q.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+
+    q = add("report", cmd_report)
+    q.add_argument("run_dirs", nargs="+", type=Path, help="fine-tuned run directories")
+    q.add_argument("--split", default="test", choices=["val", "test"])
+    q.add_argument("--out", type=Path, default=None, help="also write the table here")
 
     q = add("convert", cmd_convert)
     q.add_argument("--from-hf", type=Path, help="a transformers checkpoint folder")

@@ -20,6 +20,7 @@ Built-in sets (sizes for seed 0; splits by `splits.split_groups`, ~80 / 10 / 10)
     debian-summaries   seq2seq          3,200 /   400 /   400   split by source stem
     debian-match       pair-class.      3,200 /   400 /   400   the same split
     chatterbot         chat               718 /    90 /    90   split by opening turn
+    wiki-qa            qa                     233 /    34 /    39   split by article
 
 Extra fields (movie, package, category, ...) ride along for analysis; a trainer reads
 only the ones above. User files become tasks through `tasks.user.from_files`.
@@ -34,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError, DataError
-from . import debian
+from . import debian, wikiqa
 from .splits import split_groups
 from .tagging import bio_labels
 
@@ -225,7 +226,11 @@ TASKS: dict[str, Task] = {
               "package description -> one-line synopsis"),
         _task("debian-match", "pair-classification", debian.match, ("mismatch", "match"),
               "does this synopsis belong to this description? (QNLI/MRPC-like)"),
-        _task("chatterbot", "chat", chatterbot, (), "multi-turn chat tuning"),
+        # generated replies scored with ROUGE-L; models selected on the assistant-token loss
+        _task("chatterbot", "chat", chatterbot, (), "multi-turn chat tuning",
+              metrics=("rougeL",), main="loss"),
+        _task("wiki-qa", "qa", wikiqa.wiki_qa, (),
+              "extractive QA: templated questions over Wikipedia sentences (SQuAD-like)"),
     ]
 }
 

@@ -23,6 +23,7 @@ SIZES = {  # seed 0, as documented in lmforge/tasks/datasets.py and docs/tasks.m
     "debian-summaries": (3200, 400, 400),
     "debian-match": (3200, 400, 400),
     "chatterbot": (718, 90, 90),
+    "wiki-qa": (233, 34, 39),
 }
 
 
@@ -34,6 +35,7 @@ FINGERPRINTS = {
     "debian-summaries": ("74792c4b95a45b62", "c88adbb4ce3de9a9", "165c2f3a14d4ea02"),
     "debian-match": ("69e73e685df07109", "269552c66ae8aa72", "80fe80bbebbc1524"),
     "chatterbot": ("1677f93b8f4212cd", "943de32769a3d3fc", "10963300b54e90c6"),
+    "wiki-qa": ("7659ea68b3cfc7ed", "fefca30a4e3216b5", "35a463878a387ca7"),
 }
 
 

@@ -1,0 +1,217 @@
+"""Label-word NLU for decoders (lecture: decoders do NLU by generating the label as words).
+
+A *verbalizer* maps each class to a word. A row becomes a prompt, and the answer is the
+label's word, which the LM learns to continue the prompt with:
+
+    ids      <BOS> Review : ␣A ␣fine ␣film . \\n Sentiment :  ␣positive  <EOS>
+    targets    -     -    -  -    -     -   -  -     -      ␣positive <EOS>   -
+                                                    (target t = ids[t + 1]; - = IGNORE)
+
+- Loss: cross-entropy on the label word's tokens (and the EOS after it) only; the prompt
+  is context. Same numbers as the CLM loss restricted to those positions.
+- Prediction by likelihood (default, `predict_by: rank`): for each label k,
+      score_k = sum_j log p(w_k,j | prompt, w_k,<j)      (+ log p(EOS | prompt, w_k))
+  and the prediction is argmax_k score_k. Words of several tokens are summed over all
+  their tokens; the closing EOS makes the comparison fair when one word is a prefix of
+  another (" pos" vs " positive"). `predict_by: generate` lets the model write freely
+  (greedy) and matches its text against the words; text matching no word is *invalid*
+  and scored as wrong.
+- One BOS: the tokenizer's BOS, else its end-of-text token (what pretraining put before
+  every document), as in the chat template. Prompt and word are encoded separately, so
+  the label's tokens are exactly encode(word) whatever text comes before.
+
+Defaults (override with `options`): rotten-tomatoes "Review: {text}\\nSentiment:" with
+" negative" / " positive"; debian-match "Description: {text}\\nSynopsis: {text_pair}\\n
+Match:" with " no" / " yes"; other tasks "Text: {text}\\nLabel:" (pairs add
+"\\nText 2: {text_pair}") with " " + the label name.
+
+    options: {template: "...", label_words: {negative: " bad", positive: " good"},
+              predict_by: rank | generate, eos: true}
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, DataError
+from ..generation import GenerationConfig, generate
+from ..objectives.clm import IGNORE, CausalLM
+from .modes import Mode, chunks, model_device, pad
+from .prompts import (
+    check_template,
+    label_index,
+    label_words,
+    match_label,
+    render_ids,
+    row_fields,
+    task_fields,
+    wrong_label,
+)
+
+TEMPLATES = {
+    "rotten-tomatoes": ("Review: {text}\nSentiment:",
+                        {"negative": " negative", "positive": " positive"}),
+    "debian-match": ("Description: {text}\nSynopsis: {text_pair}\nMatch:",
+                     {"mismatch": " no", "match": " yes"}),
+}
+
+
+def default_template(task) -> tuple[str, dict[str, str]]:
+    if task.name in TEMPLATES:
+        return TEMPLATES[task.name]
+    template = "Text: {text}\nLabel:"
+    if task.type == "pair-classification":
+        template = "Text: {text}\nText 2: {text_pair}\nLabel:"
+    return template, {label: " " + label for label in task.labels}
+
+
+def sequence_log_probs(model: nn.Module, input_ids: Tensor, targets: Tensor) -> Tensor:
+    """(B,) sum over t of log p(targets[b, t] | input_ids[b, :t+1]), IGNORE'd t left out.
+
+    Only the rows of h at target positions go through the LM head (lmforge decoders);
+    other models give full logits.
+    """
+    valid = targets != IGNORE
+    head = getattr(model, "lm_head", None)
+    out = model(input_ids, logits_to_keep=1) if head is not None else model(input_ids)
+    h = getattr(out, "last_hidden_state", None)
+    if head is not None and h is not None:
+        logits = head(h[valid])  # (M, V): only the positions that are scored
+    else:
+        logits = out.logits[valid]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    picked = logp.gather(1, targets[valid][:, None]).squeeze(1)  # (M,)
+    rows = valid.nonzero()[:, 0]
+    return torch.zeros(input_ids.shape[0], device=logp.device).index_add_(0, rows, picked)
+
+
+class Verbalizer(Mode):
+    name = "verbalizer"
+    keeps_lm_head = True
+    options_known = ("template", "label_words", "predict_by", "eos")
+
+    def __init__(self, task, tokenizer, model_config, **kw):
+        super().__init__(task, tokenizer, model_config, **kw)
+        if task.type not in ("classification", "pair-classification"):
+            raise ConfigError(f"mode 'verbalizer' does not fit task type {task.type!r} "
+                              "(classification or pair-classification)")
+        if model_config.arch != "decoder":
+            raise ConfigError(f"mode 'verbalizer' needs a decoder, got a {model_config.arch} "
+                              "(for encoder-decoders use mode 'text2text')")
+        template, words = default_template(task)
+        self.template = self.options.get("template", template)
+        check_template(self.template, task_fields(task.type))
+        self.words = label_words(task.labels, self.options.get("label_words"), words)
+        self.predict_by = self.options.get("predict_by", "rank")
+        if self.predict_by not in ("rank", "generate"):
+            raise ConfigError(f"config key 'options.predict_by': {self.predict_by!r} "
+                              "(known: rank, generate)")
+        tok = tokenizer
+        self.bos_id = tok.bos_id if tok.bos_id is not None else tok.eos_id
+        self.eos_id = tok.eos_id
+        use_eos = bool(self.options.get("eos", True)) and self.eos_id is not None
+        end = [self.eos_id] if use_eos else []
+        # the answer tokens of each label: its word, then EOS (the model learns to stop)
+        self.answers: list[list[int]] = [tok.encode_ordinary(w) + end for w in self.words]
+        if len({tuple(a) for a in self.answers}) < len(self.answers):
+            raise ConfigError(f"label_words: two labels have the same tokens ({self.words})")
+        self.pad_id = tok.pad_id if tok.pad_id is not None else (
+            self.eos_id if self.eos_id is not None else 0)
+        self.prefix = [self.bos_id] if self.bos_id is not None else []
+        self.budget = self.max_len - len(self.prefix) - max(len(a) for a in self.answers)
+        self.clm = CausalLM()
+
+    def build_model(self, backbone: nn.Module) -> nn.Module:
+        return backbone  # the LM itself: its own head scores the words
+
+    # -- data ---------------------------------------------------------------------------
+
+    def check(self, rows: list[dict], where: str) -> None:
+        if not rows:
+            raise DataError(f"{where}: no examples")
+        fields = task_fields(self.task.type)
+        for i, r in enumerate(rows):
+            for f in fields:
+                if not isinstance(r.get(f), str) or not r[f].strip():
+                    raise DataError(f"{where}, row {i}: empty {f!r}")
+            label_index(r, self.task.labels, f"{where}, row {i}")
+
+    def prompt(self, row: dict) -> list[int]:
+        """BOS + the filled template, cut so that the longest answer still fits max_len."""
+        return self.prefix + render_ids(self.template, row_fields(row, self.task.type),
+                                        self.tokenizer, self.budget)
+
+    def prepare(self, rows: list[dict], draw=None) -> dict[str, Tensor]:
+        """input_ids (B, T) and targets (B, T): the gold answer's tokens, IGNORE elsewhere."""
+        ids, targets = [], []
+        for i, r in enumerate(rows):
+            prompt = self.prompt(r)
+            answer = self.answers[label_index(r, self.task.labels, f"row {i}")]
+            seq = prompt + answer
+            ids.append(seq[:-1])
+            # target t = seq[t + 1]; only the answer (positions len(prompt) - 1 ...) counts
+            targets.append([IGNORE] * (len(prompt) - 1) + answer)
+        return {"input_ids": pad(ids, self.pad_id), "targets": pad(targets, IGNORE)}
+
+    # -- loss and predictions --------------------------------------------------------------
+
+    def num_targets(self, batch: dict) -> int:
+        return int((batch["targets"] != IGNORE).sum())
+
+    def loss(self, model: nn.Module, batch: dict) -> tuple[Tensor, int]:
+        return self.clm.loss(model, batch)  # CE summed over the answer tokens
+
+    @torch.no_grad()
+    def scores(self, model: nn.Module, rows: list[dict]) -> Tensor:
+        """(N, K): sum of log p over label k's answer tokens given row n's prompt."""
+        device = model_device(model)
+        K = len(self.answers)
+        out = []
+        for part in chunks(rows, max(1, self.eval_batch_size // K)):
+            ids, targets = [], []
+            for r in part:
+                prompt = self.prompt(r)
+                for answer in self.answers:  # row-major: (row, label)
+                    ids.append((prompt + answer)[:-1])
+                    targets.append([IGNORE] * (len(prompt) - 1) + answer)
+            lp = sequence_log_probs(model, pad(ids, self.pad_id).to(device),
+                                    pad(targets, IGNORE).to(device))
+            out.append(lp.view(len(part), K).cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def generate_text(self, model: nn.Module, rows: list[dict]) -> list[str]:
+        """Greedy continuation of each prompt, up to the longest answer, as text."""
+        from ..generation import pad_left
+
+        device = model_device(model)
+        n = max(len(a) for a in self.answers)
+        cfg = GenerationConfig(max_new_tokens=n, eos_token_id=self.eos_id,
+                               pad_token_id=self.pad_id)
+        texts = []
+        for part in chunks(rows, self.eval_batch_size):
+            ids, mask = pad_left([self.prompt(r) for r in part], self.pad_id)
+            out = generate(model, ids.to(device), mask.to(device), cfg)
+            for row in out[:, ids.shape[1]:].tolist():
+                if self.eos_id in row:
+                    row = row[:row.index(self.eos_id)]
+                texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
+        return texts
+
+    def predict(self, model: nn.Module, rows: list[dict]) -> list[int]:
+        """Label indexes: argmax of the label scores, or the label the generated text
+        spells (invalid text -> a wrong label; `self.invalid` counts them)."""
+        if self.predict_by == "rank":
+            return self.scores(model, rows).argmax(-1).tolist()
+        preds, self.invalid = [], 0
+        for r, text in zip(rows, self.generate_text(model, rows)):
+            k = match_label(text, self.words)
+            if k is None:
+                self.invalid += 1
+                k = wrong_label(label_index(r, self.task.labels, "row"), len(self.words))
+            preds.append(k)
+        return preds
+
+    def references(self, rows: list[dict]) -> list[int]:
+        return [label_index(r, self.task.labels, f"row {i}") for i, r in enumerate(rows)]

@@ -1,0 +1,194 @@
+"""Fine-tuning modes: token layouts, label alignment, span targets, bad rows, metric wiring."""
+
+import dataclasses
+import gzip
+import hashlib
+import types
+
+import pytest
+import torch
+
+from lmforge.errors import ConfigError, DataError
+from lmforge.models import build, presets
+from lmforge.tasks import get_task, load_task
+from lmforge.tasks.metrics import normalize_answer
+from lmforge.tasks.modes import MODES, default_mode, get_mode
+from lmforge.tokenizer import Tokenizer
+
+SPECIAL = ["<|endoftext|>", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+TEXT = ("The Empire State Building opened in 1931 in New York . A fine film , great fun . "
+        "Anarchism is a political philosophy . When was it built ? ") * 20
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train([TEXT], vocab_size=300, special_tokens=SPECIAL, progress=False)
+
+
+@pytest.fixture(scope="module")
+def gpt_tok():
+    return Tokenizer.train([TEXT], vocab_size=290, special_tokens=["<|endoftext|>"],
+                           progress=False)
+
+
+def _cfg(**kw):
+    return types.SimpleNamespace(**{"max_len": 64, "eval_batch_size": 8, "options": {}, **kw})
+
+
+def _mc(preset, tok, **kw):
+    return dataclasses.replace(presets.get(preset), vocab_size=tok.vocab_size,
+                               eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, **kw)
+
+
+def _mode(name, task, tok, preset="tiny-bert", max_seq_len=128, **kw):
+    mc = _mc(preset, tok, max_seq_len=max_seq_len)
+    return get_mode(name).from_config(_cfg(**kw), task, tok, mc)
+
+
+def _pair_task():
+    return get_task("debian-match")
+
+
+def test_registry_and_defaults():
+    assert {"classify", "tag", "qa", "text2text", "verbalizer", "chat"} <= set(MODES)
+    assert default_mode("pair-classification") == "classify"
+    assert default_mode("tagging") == "tag" and default_mode("qa") == "qa"
+    with pytest.raises(ConfigError, match="unknown mode 'nope'"):
+        get_mode("nope")
+
+
+def test_encoder_pair_layout_has_cls_seps_and_token_types(tok):
+    m = _mode("classify", _pair_task(), tok)
+    a, b = tok.encode_ordinary("great fun"), tok.encode_ordinary("A fine film")
+    ids, types_ = m.encode({"text": "great fun", "text_pair": "A fine film", "label": 1})
+    assert ids == [tok.cls_id] + a + [tok.sep_id] + b + [tok.sep_id]
+    assert types_ == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+    batch = m.prepare([{"text": "great fun", "text_pair": "A fine film", "label": 1},
+                       {"text": "fun", "text_pair": "film", "label": 0}])
+    assert batch["token_type_ids"][0].tolist() == types_
+    n1 = 3 + len(tok.encode_ordinary("fun")) + len(tok.encode_ordinary("film"))
+    assert batch["attention_mask"].sum(1).tolist() == [len(ids), n1]
+    assert batch["input_ids"][1, n1:].eq(tok.pad_id).all()
+
+
+def test_pairs_are_cut_longest_first(tok):
+    m = _mode("classify", _pair_task(), tok, max_len=16)
+    long = "Anarchism is a political philosophy . " * 4
+    ids, types_ = m.encode({"text": long, "text_pair": "great fun", "label": 0})
+    b = tok.encode_ordinary("great fun")
+    assert len(b) == 6  # 13 tokens of room: A is cut to 7, B kept whole
+    assert len(ids) == 16 and ids[-len(b) - 1:-1] == b
+    assert types_.count(1) == len(b) + 1
+    m = _mode("classify", _pair_task(), tok, max_len=12)  # 9 of room: both sides cut
+    ids, types_ = m.encode({"text": long, "text_pair": "great fun", "label": 0})
+    assert len(ids) == 12 and types_.count(1) == 5 + 1 and ids[-6:-1] == b[:5]
+
+
+def test_decoder_layout_ends_with_eos_and_needs_no_cls(gpt_tok):
+    m = _mode("classify", _pair_task(), gpt_tok, preset="tiny-gpt2")
+    ids, _ = m.encode({"text": "great fun", "text_pair": "film", "label": 1})
+    eos = gpt_tok.eos_id
+    assert ids == gpt_tok.encode_ordinary("great fun") + [eos] + \
+        gpt_tok.encode_ordinary("film") + [eos]
+    with pytest.raises(ConfigError, match=r"\[CLS\] and \[SEP\]"):
+        _mode("classify", _pair_task(), gpt_tok, preset="tiny-bert")
+
+
+def test_bad_rows_name_the_row(tok):
+    pair = _mode("classify", _pair_task(), tok)
+    good = {"text": "a", "text_pair": "b", "label": 1}
+    with pytest.raises(DataError, match=r"^val split, row 1: pair with a missing side"):
+        pair.check([good, {"text": "a", "label": 0}], "val split")
+    with pytest.raises(DataError, match=r"row 2: empty 'text'"):
+        pair.check([good, good, {"text": " ", "text_pair": "b", "label": 0}], "x")
+    with pytest.raises(DataError, match=r"row 0: label 2 is not in the label set"):
+        pair.check([{"text": "a", "text_pair": "b", "label": 2}], "x")
+    tagger = _mode("tag", get_task("wnut16"), tok)
+    with pytest.raises(DataError, match=r"row 0: tag 'B-city' is not in the label set"):
+        tagger.check([{"tokens": ["Paris"], "tags": ["B-city"]}], "x")
+
+
+def test_tag_labels_sit_on_first_subwords(tok):
+    task = get_task("wnut16")
+    m = _mode("tag", task, tok)
+    row = {"tokens": ["Empire", "State", "Building", "opened"],
+           "tags": ["B-facility", "I-facility", "I-facility", "O"]}
+    batch = m.prepare([row])
+    enc = m.encode(row)
+    labels = batch["labels"][0].tolist()
+    assert labels[0] == -100 and labels[-1] == -100  # [CLS], [SEP]
+    firsts = [i for i, w in enumerate(enc["word_ids"])
+              if w is not None and enc["word_ids"].index(w) == i]
+    assert [labels[i] for i in firsts] == [task.labels.index(t) for t in row["tags"]]
+    assert m.num_targets(batch) == 4  # one target per word, whatever its subword count
+    assert sum(lab != -100 for lab in labels) == 4
+
+
+def test_tag_predictions_are_word_tags_scored_by_seqeval(tok):
+    task = get_task("wnut16")
+    m = _mode("tag", task, tok)
+    torch.manual_seed(0)
+    model = m.build_model(build(_mc("tiny-bert", tok)))
+    rows = [{"tokens": ["Empire", "State"], "tags": ["B-facility", "I-facility"]}]
+    with torch.no_grad():
+        model.head.out.weight.zero_()
+        model.head.out.bias.zero_()
+        model.head.out.bias[task.labels.index("B-facility")] = 5.0  # every token: B-facility
+    assert m.predict(model, rows) == [["B-facility", "B-facility"]]
+    scores = m.evaluate(model, rows)  # two predicted entities, one gold: P 0, R 0
+    assert scores == {"entity_precision": 0.0, "entity_recall": 0.0, "entity_f1": 0.0}
+
+
+def test_span_targets_point_at_the_gold_answer(tok):
+    task = get_task("wiki-qa")
+    rows = load_task("wiki-qa")["val"]
+    m = _mode("qa", task, tok, max_len=1024, max_seq_len=1024)  # a 300-token vocab: long
+    for row in rows:
+        enc = m.encode(row)
+        s, e = enc["start"] - enc["offset"], enc["end"] - enc["offset"]
+        assert 0 <= s <= e
+        text = row["context"][enc["spans"][s][0]:enc["spans"][e][1]]
+        assert normalize_answer(text) == normalize_answer(row["answers"][0])
+        assert enc["input_ids"][enc["offset"] - 1] == tok.sep_id
+        assert enc["token_type_ids"][enc["offset"]] == 1
+
+
+def test_span_answer_cut_by_the_window_points_at_position_zero(tok):
+    m = _mode("qa", get_task("wiki-qa"), tok, max_len=16)
+    context = "Anarchism is a political philosophy . " * 5 + "It opened in 1931 ."
+    row = {"question": "When?", "context": context, "answers": ["1931"],
+           "answer_starts": [context.index("1931")]}
+    enc = m.encode(row)
+    assert len(enc["input_ids"]) == 16 and (enc["start"], enc["end"]) == (0, 0)
+
+
+def test_best_span_maximizes_start_plus_end_within_the_context(tok):
+    start = [9.0, 0.0, 1.0, 5.0, 0.0]  # position 0 is outside the context (first = 1)
+    end = [9.0, 0.0, 0.0, 1.0, 4.0]
+    m = _mode("qa", get_task("wiki-qa"), tok, options={"max_answer_tokens": 2})
+    assert m.best_span(start, end, 1, 4) == (2, 3)  # context-relative: 5 + 4
+    m1 = _mode("qa", get_task("wiki-qa"), tok, options={"max_answer_tokens": 1})
+    assert m1.best_span(start, end, 1, 4) == (2, 2)  # one token: 5 + 1 beats 0 + 4
+    with pytest.raises(ConfigError, match="options.stride"):
+        _mode("qa", get_task("wiki-qa"), tok, options={"stride": 2})
+
+
+def test_wiki_qa_fixture_is_rebuilt_byte_for_byte_from_the_corpus():
+    from lmforge.data import read_corpus, registry
+    from lmforge.tasks import wikiqa
+
+    if not registry.installed("wiki-sample"):
+        pytest.skip("wiki-sample is not installed")
+    data = wikiqa.FIXTURE.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == wikiqa.SHA256
+    assert wikiqa.SHA256 in (wikiqa.FIXTURE.parent / "README.md").read_text()
+    rows = wikiqa.build_rows(read_corpus("wiki-sample"))
+    import json
+
+    assert gzip.decompress(data).decode() == "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                     for r in rows)
+    assert len(rows) == 306
+    for r in rows:
+        a, s = r["answers"][0], r["answer_starts"][0]
+        assert r["context"][s:s + len(a)] == a and a not in r["question"]
+        assert r["question"].endswith("?")
