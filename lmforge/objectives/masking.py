@@ -179,6 +179,25 @@ def byte_level_word_starts(ids, tokenizer) -> np.ndarray:
     return ~is_special & (lead_space | prev_special | prev_break)
 
 
+def wordpiece_word_starts(ids, tokenizer) -> np.ndarray:
+    """Which tokens start a word, for a WordPiece tokenizer (BERT): every non-special token
+    that is not a '##' continuation piece. Works on a 1-D or 2-D array of ids."""
+    ids = np.asarray(ids, dtype=np.int64)
+    special = set(tokenizer.special_tokens.values())
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    start = np.array([i not in special and not tokenizer.is_continuation(i)
+                      for i in uniq.tolist()], dtype=bool)
+    return start[inverse].reshape(ids.shape)
+
+
+def word_starts(ids, tokenizer) -> np.ndarray:
+    """Word starts for whole-word masking, by the tokenizer's kind (WordPiece or
+    byte-level BPE)."""
+    if hasattr(tokenizer, "is_continuation"):
+        return wordpiece_word_starts(ids, tokenizer)
+    return byte_level_word_starts(ids, tokenizer)
+
+
 # -- masked-LM corruption ------------------------------------------------------------------
 
 

@@ -51,12 +51,12 @@ from ..errors import ConfigError
 from .base import Objective
 from .clm import IGNORE
 from .masking import (
-    byte_level_word_starts,
     check_probability,
     dynamic_rngs,
     mask_tokens,
     sequence_keys,
     static_rngs,
+    word_starts,
 )
 from .pairs import sentence_ends, stop_token_ids
 
@@ -232,7 +232,7 @@ class MaskedLM(Objective):
             ids = np.stack([r[0] for r in rows])
             out["token_type_ids"] = np.stack([r[1] for r in rows])
             out["pair_labels"] = np.array([r[2] for r in rows], dtype=np.int64)
-        starts = byte_level_word_starts(ids, self.tokenizer) if self.whole_word else None
+        starts = word_starts(ids, self.tokenizer) if self.whole_word else None
         specials = (*self.special_ids, self.cls_id, self.sep_id, self.pad_id)
         out["input_ids"], out["labels"] = mask_tokens(
             ids, rngs, mask_id=self.mask_id, vocab_size=self.vocab_size, special_ids=specials,

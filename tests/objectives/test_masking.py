@@ -266,3 +266,17 @@ def test_sampling_follows_the_softmax(gumbel):
         assert within(c, n, p)
     with pytest.raises(ConfigError):
         sample_tokens(logits, temperature=0.0)
+
+
+def test_wordpiece_word_starts_group_hash_pieces_with_their_word(minilm_run):
+    """With BERT's WordPiece, a word is its first piece plus the '##' pieces after it."""
+    from lmforge.objectives.masking import word_starts
+    from lmforge.runs import load_run
+
+    tok = load_run(minilm_run).tokenizer
+    ids = [tok.cls_id, *tok.encode("unbelievable tokenization works"), tok.sep_id]
+    pieces = [tok.id_to_token(i) for i in ids]
+    expected = [p not in ("[CLS]", "[SEP]") and not p.startswith("##") for p in pieces]
+    assert any(p.startswith("##") for p in pieces)  # the example does split words
+    assert word_starts(np.array(ids), tok).tolist() == expected
+    assert sum(expected) == 3  # three words
