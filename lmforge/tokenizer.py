@@ -282,7 +282,120 @@ def _mp_context():
 # ---------------------------------------------------------------------------- tokenizer
 
 
-class Tokenizer:
+class SpecialTokensMixin:
+    """What every lmforge tokenizer does the same way: special tokens and their roles
+    (eos, bos, pad, mask, cls, sep: the first of `role_names[role]` present), the
+    allowed / disallowed special-token policy of `encode`, the vocabulary lookups, the
+    fingerprint and `save`. A tokenizer class sets `role_names` and keeps `_special`
+    (token -> id), `_vocab`, `_id_to_token`-style tables and `to_hf_dict`."""
+
+    role_names: dict[str, tuple[str, ...]] = {}
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Special token text -> id."""
+        return dict(self._special)
+
+    def get_vocab(self) -> dict[str, int]:
+        """Token string -> id, special and added tokens included (like HF's get_vocab)."""
+        return {**self._vocab, **self._added, **self._special}
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of a token string ('Ġthe', '<|endoftext|>'), or None."""
+        for table in (self._special, self._added, self._vocab):
+            if token in table:
+                return table[token]
+        return None
+
+    def id_to_token(self, i: int) -> str | None:
+        """Token string of an id (GPT-2's byte alphabet for BPE, '##' pieces for
+        WordPiece), or None."""
+        return self._id_to_token[i] if 0 <= i < len(self._id_to_token) else None
+
+    def _role(self, role: str) -> int | None:
+        for name in self.role_names[role]:
+            if name in self._special:
+                return self._special[name]
+        return None
+
+    @property
+    def eos_id(self) -> int | None:
+        """Id of the first of `role_names["eos"]` present, or None."""
+        return self._role("eos")
+
+    @property
+    def bos_id(self) -> int | None:
+        """Id of the first of `role_names["bos"]` present, or None."""
+        return self._role("bos")
+
+    @property
+    def pad_id(self) -> int | None:
+        """Id of the first of `role_names["pad"]` present, or None."""
+        return self._role("pad")
+
+    @property
+    def mask_id(self) -> int | None:
+        """Id of the first of `role_names["mask"]` present, or None."""
+        return self._role("mask")
+
+    @property
+    def cls_id(self) -> int | None:
+        """Id of the first of `role_names["cls"]` present, or None."""
+        return self._role("cls")
+
+    @property
+    def sep_id(self) -> int | None:
+        """Id of the first of `role_names["sep"]` present, or None."""
+        return self._role("sep")
+
+    def _special_policy(self, allowed, disallowed) -> tuple[set[str], frozenset[str]]:
+        allowed = self._special_set(allowed, "allowed_special")
+        if disallowed == "all":
+            disallowed = set(self._special) - allowed
+        else:
+            disallowed = self._special_set(disallowed, "disallowed_special")
+            both = allowed & disallowed
+            if both:
+                raise TokenizerError(
+                    f"special token {sorted(both)[0]!r} is both allowed and disallowed"
+                )
+        return allowed, frozenset(disallowed)
+
+    def _special_set(self, tokens, name: str) -> set[str]:
+        if tokens == "all":
+            return set(self._special)
+        if isinstance(tokens, str):
+            raise TokenizerError(f"{name} must be 'all' or a collection of special tokens")
+        tokens = set(tokens)
+        unknown = tokens - self._special.keys()
+        if unknown:
+            raise TokenizerError(f"{name}: {sorted(unknown)[0]!r} is not a special token")
+        return tokens
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the canonical tokenizer.json: equal iff the tokenizers encode
+        and decode alike. Token shards record it to refuse a different tokenizer."""
+        if self._fingerprint is None:
+            canon = json.dumps(self.to_hf_dict(), sort_keys=True, ensure_ascii=False,
+                               separators=(",", ":"))
+            self._fingerprint = hashlib.sha256(canon.encode("utf-8")).hexdigest()
+        return self._fingerprint
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write HF `tokenizer.json` (a folder gets `tokenizer.json` inside). Atomic: the
+        file appears complete or not at all. Returns the file's path."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        write_text(path, json.dumps(self.to_hf_dict(), ensure_ascii=False, indent=1) + "\n")
+        return path
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+
+class Tokenizer(SpecialTokensMixin):
     """A byte-level BPE tokenizer (GPT-2 style), compatible with HF `tokenizers`.
 
     Ids: a trained tokenizer has ids 0..255 for the bytes 0..255, then one id per new
@@ -297,6 +410,8 @@ class Tokenizer:
     (GPT-2's byte alphabet, e.g. 'Ġthe') to ids; `merges` lists token-string pairs in
     rank order; `special_tokens` maps text to id.
     """
+
+    role_names = _ROLE_NAMES
 
     def __init__(
         self,
@@ -603,26 +718,6 @@ class Tokenizer:
         """Merges in rank order, as token strings in GPT-2's alphabet."""
         return list(self._merges)
 
-    @property
-    def special_tokens(self) -> dict[str, int]:
-        """Special token text -> id."""
-        return dict(self._special)
-
-    def get_vocab(self) -> dict[str, int]:
-        """Token string -> id, special and added tokens included (like HF's get_vocab)."""
-        return {**self._vocab, **self._added, **self._special}
-
-    def token_to_id(self, token: str) -> int | None:
-        """Id of a token string ('Ġthe', '<|endoftext|>'), or None."""
-        for table in (self._special, self._added, self._vocab):
-            if token in table:
-                return table[token]
-        return None
-
-    def id_to_token(self, i: int) -> str | None:
-        """Token string of an id (GPT-2's alphabet for BPE tokens), or None."""
-        return self._id_to_token[i] if 0 <= i < len(self._id_to_token) else None
-
     def id_to_bytes(self, i: int) -> bytes | None:
         """The bytes an id stands for, or None."""
         return self._id_to_bytes[i] if 0 <= i < len(self._id_to_bytes) else None
@@ -644,42 +739,6 @@ class Tokenizer:
             ids.append(self._special[token])
         return ids
 
-    def _role(self, role: str) -> int | None:
-        for name in _ROLE_NAMES[role]:
-            if name in self._special:
-                return self._special[name]
-        return None
-
-    @property
-    def eos_id(self) -> int | None:
-        """Id of `<|endoftext|>`, `</s>`, `<|end_of_text|>` or `<eos>` (first present)."""
-        return self._role("eos")
-
-    @property
-    def bos_id(self) -> int | None:
-        """Id of `<s>`, `<|begin_of_text|>`, `<bos>` or `<|startoftext|>`."""
-        return self._role("bos")
-
-    @property
-    def pad_id(self) -> int | None:
-        """Id of `<pad>`, `[PAD]`, `<|pad|>` or `<|padding|>`."""
-        return self._role("pad")
-
-    @property
-    def mask_id(self) -> int | None:
-        """Id of `[MASK]`, `<mask>` or `<|mask|>`."""
-        return self._role("mask")
-
-    @property
-    def cls_id(self) -> int | None:
-        """Id of `[CLS]`, `<cls>` or `<|cls|>`."""
-        return self._role("cls")
-
-    @property
-    def sep_id(self) -> int | None:
-        """Id of `[SEP]`, `<sep>` or `<|sep|>`."""
-        return self._role("sep")
-
     @property
     def unk_id(self) -> int | None:
         """Id of `<unk>`, `[UNK]` or `<|unk|>` (byte-level BPE itself never needs one)."""
@@ -694,30 +753,6 @@ class Tokenizer:
                 f"{missing[0]}); add them with add_special_tokens(sentinel_tokens({n}))"
             )
         return [self._special[t] for t in sentinel_tokens(n)]
-
-    def _special_policy(self, allowed, disallowed) -> tuple[set[str], frozenset[str]]:
-        allowed = self._special_set(allowed, "allowed_special")
-        if disallowed == "all":
-            disallowed = set(self._special) - allowed
-        else:
-            disallowed = self._special_set(disallowed, "disallowed_special")
-            both = allowed & disallowed
-            if both:
-                raise TokenizerError(
-                    f"special token {sorted(both)[0]!r} is both allowed and disallowed"
-                )
-        return allowed, frozenset(disallowed)
-
-    def _special_set(self, tokens, name: str) -> set[str]:
-        if tokens == "all":
-            return set(self._special)
-        if isinstance(tokens, str):
-            raise TokenizerError(f"{name} must be 'all' or a collection of special tokens")
-        tokens = set(tokens)
-        unknown = tokens - self._special.keys()
-        if unknown:
-            raise TokenizerError(f"{name}: {sorted(unknown)[0]!r} is not a special token")
-        return tokens
 
     def _split_regex(self, tokens: frozenset[str]) -> regex.Pattern:
         """The compiled alternation of `tokens`, cached per token set."""
@@ -770,25 +805,6 @@ class Tokenizer:
                 "merges": [f"{a} {b}" for a, b in self._merges],
             },
         }
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 (hex) of the canonical tokenizer.json: equal iff the tokenizers encode
-        and decode alike. Token shards record it to refuse a different tokenizer."""
-        if self._fingerprint is None:
-            canon = json.dumps(self.to_hf_dict(), sort_keys=True, ensure_ascii=False,
-                               separators=(",", ":"))
-            self._fingerprint = hashlib.sha256(canon.encode("utf-8")).hexdigest()
-        return self._fingerprint
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write HF `tokenizer.json` (a folder gets `tokenizer.json` inside). Atomic: the
-        file appears complete or not at all. Returns the file's path."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        write_text(path, json.dumps(self.to_hf_dict(), ensure_ascii=False, indent=1) + "\n")
-        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
@@ -880,9 +896,6 @@ class Tokenizer:
         return {"vocab": self._vocab, "merges": self._merges, "special_tokens": self._special,
                 "pattern": self.pattern, "added_tokens": self._added,
                 "ignore_merges": self.ignore_merges, "normalizer": self.normalizer}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(**state)
 
     def __repr__(self) -> str:
         name = next((k for k, v in PATTERNS.items() if v == self.pattern), "custom")

@@ -26,7 +26,6 @@ scripts encoded since then are classed differently (see docs/tokenizer.md).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import unicodedata
@@ -36,8 +35,8 @@ from pathlib import Path
 
 import regex
 
-from .atomic import write_text
 from .errors import TokenizerError
+from .tokenizer import SpecialTokensMixin
 
 __all__ = ["WordPieceTokenizer"]
 
@@ -73,7 +72,7 @@ _BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _CACHE_LIMIT = 500_000  # words kept in the encode cache before it is cleared
 
 
-class WordPieceTokenizer:
+class WordPieceTokenizer(SpecialTokensMixin):
     """BERT's WordPiece tokenizer over a fixed vocabulary.
 
     vocab: token -> id; continuation pieces carry `prefix` ("##ing").
@@ -84,6 +83,8 @@ class WordPieceTokenizer:
 
     Build one with `from_vocab_txt` or `load` / `from_hf_json`.
     """
+
+    role_names = _ROLE_NAMES  # eos falls back to [SEP], bos to [CLS]
 
     def __init__(
         self,
@@ -344,26 +345,6 @@ class WordPieceTokenizer:
         """Number of ids (largest id + 1): the size an embedding table needs."""
         return len(self._id_to_token)
 
-    @property
-    def special_tokens(self) -> dict[str, int]:
-        """Special token text -> id."""
-        return dict(self._special)
-
-    def get_vocab(self) -> dict[str, int]:
-        """Token string -> id, special and added tokens included (like HF's get_vocab)."""
-        return {**self._vocab, **self._added, **self._special}
-
-    def token_to_id(self, token: str) -> int | None:
-        """Id of a token string ('the', '##ing', '[CLS]'), or None."""
-        for table in (self._special, self._added, self._vocab):
-            if token in table:
-                return table[token]
-        return None
-
-    def id_to_token(self, i: int) -> str | None:
-        """Token string of an id ('##ing' for a continuation piece), or None."""
-        return self._id_to_token[i] if 0 <= i < len(self._id_to_token) else None
-
     def id_to_bytes(self, i: int) -> bytes | None:
         """UTF-8 of the text an id stands for: the token without its "##", or None."""
         token = self.id_to_token(i)
@@ -395,42 +376,6 @@ class WordPieceTokenizer:
             ids.append(self._special[token])
         return ids
 
-    def _role(self, role: str) -> int | None:
-        for name in _ROLE_NAMES[role]:
-            if name in self._special:
-                return self._special[name]
-        return None
-
-    @property
-    def eos_id(self) -> int | None:
-        """Id of `<|endoftext|>`, `</s>` or `<eos>` if added, else BERT's [SEP]."""
-        return self._role("eos")
-
-    @property
-    def bos_id(self) -> int | None:
-        """Id of `<s>` or `<bos>` if added, else BERT's [CLS]."""
-        return self._role("bos")
-
-    @property
-    def pad_id(self) -> int | None:
-        """Id of [PAD] (or `<pad>`)."""
-        return self._role("pad")
-
-    @property
-    def mask_id(self) -> int | None:
-        """Id of [MASK] (or `<mask>`)."""
-        return self._role("mask")
-
-    @property
-    def cls_id(self) -> int | None:
-        """Id of [CLS] (or `<cls>`)."""
-        return self._role("cls")
-
-    @property
-    def sep_id(self) -> int | None:
-        """Id of [SEP] (or `<sep>`)."""
-        return self._role("sep")
-
     @property
     def unk_id(self) -> int:
         """Id of the unknown token ([UNK]): WordPiece always has one."""
@@ -446,30 +391,6 @@ class WordPieceTokenizer:
                 f"{missing[0]}); add them with add_special_tokens(sentinel_tokens({n}))"
             )
         return [self._special[t] for t in names]
-
-    def _special_policy(self, allowed, disallowed) -> tuple[set[str], frozenset[str]]:
-        allowed = self._special_set(allowed, "allowed_special")
-        if disallowed == "all":
-            disallowed = set(self._special) - allowed
-        else:
-            disallowed = self._special_set(disallowed, "disallowed_special")
-            both = allowed & disallowed
-            if both:
-                raise TokenizerError(
-                    f"special token {sorted(both)[0]!r} is both allowed and disallowed"
-                )
-        return allowed, frozenset(disallowed)
-
-    def _special_set(self, tokens, name: str) -> set[str]:
-        if tokens == "all":
-            return set(self._special)
-        if isinstance(tokens, str):
-            raise TokenizerError(f"{name} must be 'all' or a collection of special tokens")
-        tokens = set(tokens)
-        unknown = tokens - self._special.keys()
-        if unknown:
-            raise TokenizerError(f"{name}: {sorted(unknown)[0]!r} is not a special token")
-        return tokens
 
     def _split_regex(self, tokens: frozenset[str]) -> regex.Pattern:
         pat = self._regexes.get(tokens)
@@ -528,25 +449,6 @@ class WordPieceTokenizer:
                 "vocab": dict(sorted(self._vocab.items(), key=lambda x: x[1])),
             },
         }
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 (hex) of the canonical tokenizer.json: equal iff the tokenizers encode
-        and decode alike. Token shards record it to refuse a different tokenizer."""
-        if self._fingerprint is None:
-            canon = json.dumps(self.to_hf_dict(), sort_keys=True, ensure_ascii=False,
-                               separators=(",", ":"))
-            self._fingerprint = hashlib.sha256(canon.encode("utf-8")).hexdigest()
-        return self._fingerprint
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write HF `tokenizer.json` (a folder gets `tokenizer.json` inside). Atomic: the
-        file appears complete or not at all. Returns the file's path."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
-        write_text(path, json.dumps(self.to_hf_dict(), ensure_ascii=False, indent=1) + "\n")
-        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> WordPieceTokenizer:
@@ -651,9 +553,6 @@ class WordPieceTokenizer:
                 "prefix": self.prefix, "max_input_chars_per_word": self.max_input_chars_per_word,
                 "lowercase": self.lowercase, "strip_accents": self.strip_accents,
                 "clean_text": self.clean_text, "handle_chinese_chars": self.handle_chinese_chars}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(**state)
 
     def __repr__(self) -> str:
         return (f"WordPieceTokenizer(vocab_size={self.vocab_size}, "
