@@ -5,6 +5,7 @@
 #
 #     CORPUS=path/to/shakespeare/texts bash bench/gpu_pretrain.sh
 #     STEPS=3000 RECIPES="bert t5" PER_RUN=120 CORPUS=... bash bench/gpu_pretrain.sh
+#     EXTRA="train.lr=2e-4 train.warmup_steps=200" TAG=-lr2e-4 CORPUS=... bash ...
 #
 # CORPUS: a folder of .txt plays (the built-in corpus is a registry package that a bare
 # GPU machine lacks; `python -c "from lmforge.data import registry;
@@ -16,17 +17,17 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 STEPS=${STEPS:-2000} PER_RUN=${PER_RUN:-80} OUTDIR=${OUTDIR:-/tmp/lmforge-gpu-pretrain}
-RECIPES=${RECIPES:-"bert roberta electra bart t5"}
+RECIPES=${RECIPES:-"bert roberta electra bart t5"} EXTRA=${EXTRA:-} TAG=${TAG:-}
 : "${CORPUS:?set CORPUS to a folder of Shakespeare .txt files}"
 mkdir -p "$OUTDIR"
 for r in $RECIPES; do
   start=$(date +%s)
   timeout "$PER_RUN" "$PYTHON" -m lmforge pretrain "configs/$r-shakespeare.yaml" \
-    run_dir="$OUTDIR/$r" data.corpus="$CORPUS" train.device=cuda train.max_steps="$STEPS" \
+    run_dir="$OUTDIR/$r$TAG" data.corpus="$CORPUS" train.device=cuda train.max_steps="$STEPS" \
     train.eval_every=$((STEPS / 4)) train.save_every=0 train.progress=false \
-    train.tensorboard=false > "$OUTDIR/$r.log" 2>&1
+    train.tensorboard=false $EXTRA > "$OUTDIR/$r$TAG.log" 2>&1
   rc=$?
-  echo "== $r (exit $rc, $(( $(date +%s) - start )) s)"
-  grep '"event": "eval"' "$OUTDIR/$r/metrics.jsonl" 2>/dev/null | tail -4
-  [ $rc -ne 0 ] && tail -3 "$OUTDIR/$r.log"
+  echo "== $r$TAG $EXTRA (exit $rc, $(( $(date +%s) - start )) s)"
+  grep '"event": "eval"' "$OUTDIR/$r$TAG/metrics.jsonl" 2>/dev/null | tail -4
+  [ $rc -ne 0 ] && tail -3 "$OUTDIR/$r$TAG.log"
 done
