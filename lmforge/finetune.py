@@ -99,7 +99,7 @@ class FinetuneConfig:
     task: str = "rotten-tomatoes"  # a built-in task, or the name of your files' task
     data: TaskData = field(default_factory=TaskData)
     init_from: str | None = None  # lmforge run dir, HF checkpoint dir or "minilm"; null = scratch
-    tokenizer: str | None = None  # tokenizer.json (scratch; or to check against init_from)
+    tokenizer: str | None = None  # tokenizer.json or "minilm" (scratch; or to check init_from)
     model: dict = field(default_factory=dict)  # scratch: {preset: ..., ...}; else dropout
     mode: str | None = None  # tasks/modes.py; null = the task type's default
     options: dict = field(default_factory=dict)  # mode options (e.g. classifier_dropout)
@@ -188,9 +188,10 @@ def read_source(cfg: FinetuneConfig) -> Source:
                               "tokenizer.json (or set init_from)")
         if "preset" not in cfg.model and "arch" not in cfg.model:
             raise ConfigError("config key 'model.preset': name a preset (or set init_from)")
-        tok = Tokenizer.load(cfg.tokenizer)
+        tok_path = tokenizer_file(cfg.tokenizer)
+        tok = Tokenizer.load(tok_path)
         mc = resolve_model_config(cfg.model, tok.vocab_size, tok)
-        return Source(mc, None, tok, cfg.tokenizer,
+        return Source(mc, None, tok, tok_path,
                       what=f"scratch:{cfg.model.get('preset', mc.family or mc.arch)}")
     path = builtin_weights(src) or Path(src)
     if (path / "config.yaml").is_file():  # an lmforge run (pretraining or fine-tuning)
@@ -217,7 +218,7 @@ def read_source(cfg: FinetuneConfig) -> Source:
             full = build(mc)
             load_weights(ckpt, full)
             state = full.state_dict()
-        tok_path = cfg.tokenizer or str(path / "tokenizer.json")
+        tok_path = tokenizer_file(cfg.tokenizer) or str(path / "tokenizer.json")
         return Source(mc, state, Tokenizer.load(tok_path), tok_path,
                       read_meta(ckpt).get("tokenizer_hash"), what=str(path))
     if (path / "config.json").is_file():  # a Hugging Face checkpoint folder
@@ -227,7 +228,7 @@ def read_source(cfg: FinetuneConfig) -> Source:
         tok_path = path / "tokenizer.json"
         if cfg.tokenizer is None and not tok_path.is_file():
             raise CheckpointError(f"{path}: no tokenizer.json (set 'tokenizer')")
-        tok_path = cfg.tokenizer or str(tok_path)
+        tok_path = tokenizer_file(cfg.tokenizer) or str(tok_path)
         return Source(model.config, model.state_dict(), Tokenizer.load(tok_path), str(tok_path),
                       what=str(path))
     raise CheckpointError(f"init_from {path}: neither an lmforge run dir (config.yaml) nor "
@@ -242,6 +243,12 @@ def builtin_weights(name: str) -> Path | None:
             or registry.BUILTINS[name].kind != "weights":
         return None
     return next(f for f in registry.files(name) if f.name == "config.json").parent
+
+
+def tokenizer_file(name: str | None) -> str | None:
+    """`tokenizer:` as a path: a built-in's name (e.g. "minilm") means its tokenizer.json."""
+    weights = builtin_weights(name) if name else None
+    return str(weights / "tokenizer.json") if weights else name
 
 
 def body_config(source: Source, cfg: FinetuneConfig, keeps_lm_head: bool):

@@ -125,6 +125,21 @@ def test_recipe_loads(path):
     assert cfg.init_from or (cfg.tokenizer and cfg.model.get("preset"))
 
 
+def test_minilm_scratch_recipe_is_minilm_from_random_weights():
+    """Issue 6's baseline: the same body config and tokenizer as `init_from: minilm`."""
+    scratch = load_config(RECIPES[0].parent / "rotten-tomatoes-minilm-scratch.yaml",
+                          FinetuneConfig)
+    real = load_config(RECIPES[0].parent / "rotten-tomatoes-minilm.yaml", FinetuneConfig)
+    s, r = read_source(scratch), read_source(real)
+    assert s.state is None and r.state is not None
+    assert body_config(s, scratch, False) == body_config(r, real, False)
+    assert s.tokenizer.fingerprint == r.tokenizer.fingerprint
+    assert Path(s.tokenizer_path) == Path(r.tokenizer_path)
+    same = {k: v for k, v in dataclasses.asdict(scratch).items()
+            if k not in ("run_dir", "name", "init_from", "tokenizer", "model")}
+    assert same == {k: v for k, v in dataclasses.asdict(real).items() if k in same}
+
+
 RUNNABLE = [p for p in RECIPES if "minilm" not in p.stem]  # real MiniLM: too slow for CI
 
 
