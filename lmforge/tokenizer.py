@@ -312,6 +312,23 @@ class SpecialTokensMixin:
         WordPiece), or None."""
         return self._id_to_token[i] if 0 <= i < len(self._id_to_token) else None
 
+    def add_special_tokens(self, tokens: Iterable[str]) -> list[int]:
+        """Add special tokens (after training, or to an imported vocabulary); returns
+        their ids (existing ones keep theirs). A token already in the vocabulary as a
+        string keeps that id, as in HF; new ones get the next free ids."""
+        if isinstance(tokens, str):
+            tokens = [tokens]
+        ids = []
+        for token in tokens:
+            if not isinstance(token, str) or not token:
+                raise TokenizerError(f"special tokens must be non-empty strings, got {token!r}")
+            if token not in self._special:
+                known = self._added.pop(token, self._vocab.get(token))
+                self._special[token] = known if known is not None else self.vocab_size
+                self._build()  # new id tables, empty caches, fresh fingerprint
+            ids.append(self._special[token])
+        return ids
+
     def _role(self, role: str) -> int | None:
         for name in self.role_names[role]:
             if name in self._special:
@@ -721,23 +738,6 @@ class Tokenizer(SpecialTokensMixin):
     def id_to_bytes(self, i: int) -> bytes | None:
         """The bytes an id stands for, or None."""
         return self._id_to_bytes[i] if 0 <= i < len(self._id_to_bytes) else None
-
-    def add_special_tokens(self, tokens: Iterable[str]) -> list[int]:
-        """Add special tokens after training; returns their ids (existing ones keep
-        theirs). A token already in the BPE vocabulary as a string keeps that id, as in
-        HF; new ones get the next free ids."""
-        if isinstance(tokens, str):
-            tokens = [tokens]
-        ids = []
-        for token in tokens:
-            if not isinstance(token, str) or not token:
-                raise TokenizerError(f"special tokens must be non-empty strings, got {token!r}")
-            if token not in self._special:
-                known = self._added.pop(token, self._vocab.get(token))
-                self._special[token] = known if known is not None else self.vocab_size
-                self._build()  # new id tables, empty caches, fresh fingerprint
-            ids.append(self._special[token])
-        return ids
 
     @property
     def unk_id(self) -> int | None:

@@ -360,22 +360,6 @@ class WordPieceTokenizer(SpecialTokensMixin):
         token = self.id_to_token(i)
         return token is not None and i not in self._special_ids and token.startswith(self.prefix)
 
-    def add_special_tokens(self, tokens: Iterable[str]) -> list[int]:
-        """Add special tokens; returns their ids. A token already in the vocabulary
-        keeps its id (as in HF); new ones get the next free ids."""
-        if isinstance(tokens, str):
-            tokens = [tokens]
-        ids = []
-        for token in tokens:
-            if not isinstance(token, str) or not token:
-                raise TokenizerError(f"special tokens must be non-empty strings, got {token!r}")
-            if token not in self._special:
-                known = self._added.pop(token, self._vocab.get(token))
-                self._special[token] = known if known is not None else self.vocab_size
-                self._build()  # new id tables, empty caches, fresh fingerprint
-            ids.append(self._special[token])
-        return ids
-
     @property
     def unk_id(self) -> int:
         """Id of the unknown token ([UNK]): WordPiece always has one."""
