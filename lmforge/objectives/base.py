@@ -21,10 +21,12 @@ what differs.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from torch import Tensor, nn
 
 
-class Objective:
+class Objective(ABC):
     name = "objective"
     perplexity = True  # exp(val loss) is a perplexity worth reporting
 
@@ -55,14 +57,17 @@ class Objective:
         except AttributeError:  # not an lmforge model
             return None
 
+    @abstractmethod
     def prepare(self, raw, draw: int | None = None) -> dict[str, Tensor]:
-        raise NotImplementedError
+        """Raw windows (B, window_len) -> the tensors `loss` reads."""
 
+    @abstractmethod
     def num_targets(self, batch: dict[str, Tensor]) -> int:
-        raise NotImplementedError
+        """N: the positions (or sequences) the loss sums over."""
 
+    @abstractmethod
     def loss(self, model, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
-        raise NotImplementedError
+        """(loss summed over the N targets, N)."""
 
     def evaluate(self, model, batch: dict[str, Tensor]) -> dict[str, tuple[float, float]]:
         """Validation statistics of one batch as (sum, count) pairs; "loss" at least."""

@@ -28,6 +28,7 @@ each step that an exact resume redraws (masking.py).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +39,7 @@ from ..errors import ConfigError
 from .bart_noise import MASK_KINDS, bart_noise
 from .base import Objective
 from .clm import IGNORE, clm_loss
-from .masking import byte_level_word_starts, dynamic_rngs, sequence_keys, static_rngs
+from .masking import dynamic_rngs, sequence_keys, static_rngs, word_starts
 from .pairs import stop_token_ids
 from .t5_span import compute_input_and_target_lengths, noise_counts, span_corrupt
 
@@ -85,9 +86,9 @@ class _Denoising(Objective):
     decoder_start_id: int = 0
     perplexity = False
 
+    @abstractmethod
     def corrupt(self, window: np.ndarray, rng: np.random.Generator):
         """(encoder input, target) of one raw window."""
-        raise NotImplementedError
 
     def rngs(self, raw: np.ndarray, draw: int | None) -> list[np.random.Generator]:
         keys = sequence_keys(raw)
@@ -133,8 +134,9 @@ class _Denoising(Objective):
         hits = ((logits.argmax(-1) == batch["targets"]) & valid).sum()
         return {"loss": (float(loss.detach()), n), "acc": (float(hits), n)}
 
+    @abstractmethod
     def target_len(self, seq_len: int) -> int:
-        raise NotImplementedError
+        """Decoder tokens per example for an encoder input of `seq_len`."""
 
     def flops_per_token(self, model, seq_len: int) -> float | None:
         """Training FLOPs per encoder input token (the tokens the trainer counts)."""
@@ -242,7 +244,7 @@ class BartDenoising(_Denoising):
         """(<s> noise(window) </s>, <s> window </s>); an input longer than the target
         (only when zero-length spans insert more <mask>s than spans remove tokens: rare)
         is cut to its length, </s> kept last."""
-        ws = None if self.tokenizer is None else byte_level_word_starts(window, self.tokenizer)
+        ws = None if self.tokenizer is None else word_starts(window, self.tokenizer)
         src, tgt = bart_noise(
             window, rng, mask_id=self.mask_id, mask=self.mask, mask_ratio=self.mask_ratio,
             poisson_lambda=self.poisson_lambda, random_ratio=self.random_ratio,

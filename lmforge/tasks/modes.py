@@ -43,6 +43,7 @@ is imported when first asked for, so modes may import the models freely.
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor, nn
@@ -107,7 +108,7 @@ def chunks(rows: list, size: int):
         yield rows[i : i + size]
 
 
-class Mode:
+class Mode(ABC):
     """Defaults shared by the modes: config, evaluation through tasks.metrics."""
 
     name = "mode"
@@ -143,8 +144,9 @@ class Mode:
 
     # -- evaluation ---------------------------------------------------------------------
 
-    def predict(self, model: nn.Module, rows: list[dict]) -> list:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def predict(self, model: nn.Module, rows: list[dict]) -> list:
+        """Predictions for `rows`, in the form `tasks.metrics.compute` expects."""
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, rows: list[dict]) -> dict[str, float]:
