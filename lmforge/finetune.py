@@ -355,7 +355,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     # 1-3. task, body, mode: every check before anything is written
     task, splits = resolve_task(cfg)
     source = read_source(cfg)
-    mode_name = cfg.mode or default_mode(task.type)
+    mode_name = cfg.mode or default_mode(task.type, source.model_config.arch)
     mode_cls = get_mode(mode_name)
     model_cfg = body_config(source, cfg, getattr(mode_cls, "keeps_lm_head", False))
     check_vocab(source, model_cfg)

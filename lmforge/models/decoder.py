@@ -119,6 +119,7 @@ class Decoder(nn.Module):
         use_cache: bool = False,
         logits_to_keep: int = 0,
         cache: KVCache | None = None,
+        segment_ids: Tensor | None = None,
     ) -> CausalLMOutput:
         """input_ids (B, T); attention_mask (B, past + T), 1 = real token, 0 = padding.
 
@@ -126,6 +127,8 @@ class Decoder(nn.Module):
         the first real token is at position 0), or count up from the cache length.
         `logits_to_keep=n` computes logits for the last n positions only (0 = all).
         `cache` is another name for `past_key_values` (the transformers 5.x spelling).
+        `segment_ids` (B, T) marks packed sequences: a token attends only to earlier
+        tokens of its own segment (pass each sequence's `position_ids` with it).
         """
         config = self.config
         past_key_values = past_key_values if past_key_values is not None else cache
@@ -153,7 +156,8 @@ class Decoder(nn.Module):
         x = self.drop(x)
         rope = self.rope(position_ids, x.dtype) if self.rope is not None else None
         mask, is_causal = attention_mask_4d(
-            attention_mask, past, T, x.device, sliding_window=config.sliding_window
+            attention_mask, past, T, x.device, sliding_window=config.sliding_window,
+            segment_ids=segment_ids,
         )
 
         for i, block in enumerate(self.blocks):

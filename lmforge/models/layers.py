@@ -287,6 +287,7 @@ def attention_mask_4d(
     device: torch.device | str | None = None,
     causal: bool = True,
     sliding_window: int | None = None,
+    segment_ids: Tensor | None = None,
 ) -> tuple[Tensor | None, bool]:
     """Turn a (B, S) padding mask (1 = real token) into SDPA's (mask, is_causal).
 
@@ -294,6 +295,8 @@ def attention_mask_4d(
         causal:          s <= t            (t counts past tokens too)
         sliding window:  s > t - window    (Mistral: only the last `window` keys)
         padding:         key s is a real token
+        segments:        segment_ids[s] == segment_ids[t]   (packed sequences: a token
+                         sees only its own sequence, a block-diagonal causal mask)
     Where no mask is needed it returns None (with is_causal=True for a plain causal prefill),
     which lets SDPA use its fastest kernels.
     """
@@ -304,6 +307,14 @@ def attention_mask_4d(
             return None, False
         return attention_mask[:, None, None, :].bool(), False  # (B, 1, 1, S)
     windowed = sliding_window is not None and S > sliding_window
+    if segment_ids is not None:
+        if past or segment_ids.shape[-1] != S:
+            raise ValueError("segment_ids need the whole sequence (no KV cache): "
+                             f"{tuple(segment_ids.shape)} for {S} keys")
+        padded = True  # the segments make the mask per row
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, S)
+        attention_mask = attention_mask if attention_mask is not None else \
+            torch.ones_like(segment_ids)
     if not padded and not windowed and (past == 0 or T == 1):
         return None, T > 1  # a single new token may see every cached key
     q = torch.arange(past, S, device=device)[:, None]  # (T, 1) query positions
@@ -314,6 +325,8 @@ def attention_mask_4d(
     allowed = allowed[None]  # (1, T, S)
     if padded:
         allowed = allowed & attention_mask[:, None, :].bool()  # (B, T, S)
+        if segment_ids is not None:
+            allowed = allowed & same
         # Every query sees at least itself, so rows of pad queries are never empty (NaN on
         # some kernels); their outputs are never read by real tokens.
         allowed = allowed | (k == q)

@@ -197,19 +197,23 @@ class CausalLM(Objective):
         return int((batch["targets"] != IGNORE).sum())
 
     def loss(self, model, batch: dict[str, Tensor], reduction: str = "sum") -> tuple[Tensor, int]:
-        """Run `model` on the inputs; return (summed or mean token loss, N)."""
+        """Run `model` on the inputs; return (summed or mean token loss, N).
+
+        A batch of packed sequences (fine-tuning) may carry "position_ids" and
+        "segment_ids"; they go to the model with the ids."""
         head = _plain_head(model)
+        packed = {k: batch[k] for k in ("position_ids", "segment_ids") if k in batch}
         if self.chunk and head is not None and batch["input_ids"].device.type in self.fused_devices:
             # logits for one position only (cheap); the head is applied chunk-wise below
-            out = model(batch["input_ids"], logits_to_keep=1)
+            out = model(batch["input_ids"], logits_to_keep=1, **packed)
             loss, n = linear_cross_entropy(out.last_hidden_state, head.weight,
                                            batch["targets"], self.chunk)
         elif batch["input_ids"].is_cuda:
-            logits = model(batch["input_ids"]).logits  # (B, T, V)
+            logits = model(batch["input_ids"], **packed).logits  # (B, T, V)
             loss = _compiled_cross_entropy()(logits, batch["targets"])
             n = self.num_targets(batch)
         else:
-            logits = model(batch["input_ids"]).logits  # (B, T, V)
+            logits = model(batch["input_ids"], **packed).logits  # (B, T, V)
             loss, n = clm_loss(logits, batch["targets"])
         return (loss / max(n, 1) if reduction == "mean" else loss), n
 

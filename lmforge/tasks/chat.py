@@ -31,10 +31,11 @@ position t is `labels[t + 1]`.
 Packing (`pack`) puts whole conversations into rows of a fixed length, first-fit
 decreasing by length, and pads the rest. Labels respect the boundaries: the BOS that
 opens each conversation is IGNORE, so the target after one conversation's last <|end|>
-is never the next conversation. Attention, however, does cross conversations inside a
-row (a plain causal mask, as with trl's `packing=True` and in pretraining): a token may
-attend to an earlier conversation in its row. `position_ids` restart at 0 for each
-conversation for models that can use them to block that (varlen / flash attention).
+is never the next conversation. Attention does too: `segment_ids` number the
+conversations of a row (1, 2, ...; 0 = padding) and `position_ids` restart at 0 for each,
+so a decoder given both (its block-diagonal causal mask) computes for every conversation
+exactly what it computes for that conversation alone -- packing changes the speed, not
+the loss (tested). (trl's original `packing=True` let attention cross conversations.)
 A conversation longer than a row is cut to the row length (its start is kept).
 """
 
@@ -133,7 +134,8 @@ def pack(encoded: Sequence[dict], seq_len: int, pad_id: int) -> dict:
 
     Returns int64 arrays (rows, seq_len): "input_ids", "labels" (IGNORE on padding),
     "attention_mask" (1 on tokens, 0 on padding), "position_ids" (restart per
-    conversation), and "truncated": how many conversations were cut to fit.
+    conversation), "segment_ids" (1, 2, ... per conversation in a row, 0 on padding),
+    and "truncated": how many conversations were cut to fit.
     """
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2, got {seq_len}")
@@ -158,16 +160,18 @@ def pack(encoded: Sequence[dict], seq_len: int, pad_id: int) -> dict:
     out = {"input_ids": np.full(shape, pad_id, np.int64),
            "labels": np.full(shape, IGNORE, np.int64),
            "attention_mask": np.zeros(shape, np.int64),
-           "position_ids": np.zeros(shape, np.int64)}
+           "position_ids": np.zeros(shape, np.int64),
+           "segment_ids": np.zeros(shape, np.int64)}
     for r, members in enumerate(rows):
         t = 0
-        for i in sorted(members):  # inside a row, the conversations keep their input order
+        for seg, i in enumerate(sorted(members), 1):  # in a row, conversations keep their order
             ids, labels = convs[i]
             n = len(ids)
             out["input_ids"][r, t:t + n] = ids
             out["labels"][r, t:t + n] = labels
             out["attention_mask"][r, t:t + n] = 1
             out["position_ids"][r, t:t + n] = np.arange(n)
+            out["segment_ids"][r, t:t + n] = seg
             t += n
     out["truncated"] = truncated
     return out

@@ -12,10 +12,10 @@ their <|end|>, so the model learns to answer and to stop; every other target is 
   match: each new row starts at the mean of the existing rows, a neutral point in the
   embedding space (a random row could be far from every real token).
 - Packing (`options.packing`, on by default): the conversations of a batch are packed
-  into rows of max_len tokens (first-fit decreasing, `tasks.pack`). Positions run on
-  across a row, as in pretraining, whose windows also joined documents after an EOS;
-  each conversation opens with its BOS (= end-of-text for GPT-2-style tokenizers), whose
-  target is IGNORE, so nothing is learned across a boundary. Off: one padded row per
+  into rows of max_len tokens (first-fit decreasing, `tasks.chat.pack`). Each
+  conversation keeps its own positions (from 0) and attends only to itself
+  (`segment_ids`: a block-diagonal causal mask), so the loss equals that of the
+  conversations one by one; only fewer pad tokens are computed. Off: one padded row per
   conversation.
 - Evaluation: the reply to each held-out conversation's last assistant turn is generated
   (greedy, stopping at <|end|>) from the turns before it and scored with ROUGE-L against
@@ -35,7 +35,6 @@ from ..errors import ConfigError, DataError
 from ..generation import GenerationConfig, generate, pad_left
 from ..objectives.clm import IGNORE, CausalLM
 from ..tokenizer import CHAT_TOKENS
-from . import metrics as task_metrics
 from .chat import ChatTemplate, check_messages, next_token_targets
 from .chat import pack as pack_conversations
 from .modes import Mode, chunks, model_device, pad
@@ -97,6 +96,7 @@ def last_reply(messages: list[dict], where: str) -> tuple[list[dict], str]:
 class ChatTuning(Mode):
     name = "chat"
     keeps_lm_head = True
+    reports_loss = True  # the mean loss per assistant token, then ROUGE-L of replies
     options_known = ("packing", "max_new_tokens")
 
     def __init__(self, task, tokenizer, model_config, **kw):
@@ -128,19 +128,21 @@ class ChatTuning(Mode):
             check_messages(r.get("messages"), f"{where}, row {i}")
 
     def prepare(self, rows: list[dict], draw=None) -> dict[str, Tensor]:
-        """input_ids, targets (B, T): packed rows of max_len, or one padded row each."""
+        """input_ids, targets (B, T): one padded row per conversation, or packed rows of
+        max_len with each conversation's position_ids and segment_ids."""
         encoded = [self.template.encode(r.get("messages"), f"row {i}")
                    for i, r in enumerate(rows)]
-        if self.packing:
-            packed = pack_conversations(encoded, self.max_len, self.pad_id)
-            width = int(packed["attention_mask"].sum(1).max())  # drop all-padding columns
-            ids, labels = packed["input_ids"][:, :width], packed["labels"][:, :width]
-        else:
-            ids = pad([e["input_ids"][: self.max_len] for e in encoded], self.pad_id).numpy()
-            labels = pad([e["labels"][: self.max_len] for e in encoded], IGNORE).numpy()
-        targets = next_token_targets(labels)
-        return {"input_ids": torch.from_numpy(np.ascontiguousarray(ids)),
-                "targets": torch.from_numpy(np.ascontiguousarray(targets))}
+        if not self.packing:
+            ids = pad([e["input_ids"][: self.max_len] for e in encoded], self.pad_id)
+            labels = pad([e["labels"][: self.max_len] for e in encoded], IGNORE)
+            return {"input_ids": ids, "targets": torch.from_numpy(
+                next_token_targets(labels.numpy()))}
+        packed = pack_conversations(encoded, self.max_len, self.pad_id)
+        width = int(packed["attention_mask"].sum(1).max())  # drop all-padding columns
+        batch = {k: torch.from_numpy(np.ascontiguousarray(packed[k][:, :width]))
+                 for k in ("input_ids", "position_ids", "segment_ids")}
+        batch["targets"] = torch.from_numpy(next_token_targets(packed["labels"][:, :width]))
+        return batch
 
     # -- loss and predictions --------------------------------------------------------------
 
@@ -175,27 +177,6 @@ class ChatTuning(Mode):
                 row = row[:cut[0]] if cut else row
                 replies.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return replies
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, rows: list[dict]) -> dict[str, float]:
-        """"loss": the mean cross-entropy per assistant token (the main metric; exp of it
-        is the replies' perplexity), and the task's metrics on generated replies."""
-        was_training = model.training
-        model.eval()
-        try:
-            device = model_device(model)
-            total, n = 0.0, 0
-            for part in chunks(rows, self.eval_batch_size):
-                batch = {k: v.to(device) for k, v in self.prepare(part).items()}
-                loss, k = self.loss(model, batch)
-                total, n = total + float(loss), n + k
-            scores = {"loss": total / max(n, 1)}
-            if self.task.metrics:
-                scores.update(task_metrics.compute(
-                    self.task.metrics, self.predict(model, rows), self.references(rows)))
-        finally:
-            model.train(was_training)
-        return scores
 
     def references(self, rows: list[dict]) -> list[str]:
         return [last_reply(r["messages"], f"row {i}")[1] for i, r in enumerate(rows)]

@@ -61,7 +61,8 @@ MODES: dict[str, str] = {
     "chat": "lmforge.tasks.chat_tuning:ChatTuning",  # decoder SFT (H4)
 }
 
-# The mode a task type gets when the config names none.
+# The mode a task type gets when the config names none: by task type, then by the
+# body's architecture where one mode does not fit all three.
 DEFAULT_MODES: dict[str, str] = {
     "classification": "classify",
     "pair-classification": "classify",
@@ -70,6 +71,10 @@ DEFAULT_MODES: dict[str, str] = {
     "qa": "qa",
     "seq2seq": "text2text",
     "chat": "chat",
+}
+DEFAULT_MODES_BY_ARCH: dict[tuple[str, str], str] = {
+    ("seq2seq", "decoder"): "verbalizer",  # the target as the prompt's continuation
+    ("chat", "seq2seq"): "text2text",  # history in, reply out
 }
 
 
@@ -84,7 +89,9 @@ def get_mode(name: str) -> type:
         raise ConfigError(f"config key 'mode': mode {name!r} is not available ({e})") from None
 
 
-def default_mode(task_type: str) -> str:
+def default_mode(task_type: str, arch: str | None = None) -> str:
+    if (task_type, arch) in DEFAULT_MODES_BY_ARCH:
+        return DEFAULT_MODES_BY_ARCH[task_type, arch]
     if task_type not in DEFAULT_MODES:
         raise ConfigError(f"no default mode for task type {task_type!r}; set 'mode'")
     return DEFAULT_MODES[task_type]
@@ -113,6 +120,7 @@ class Mode(ABC):
 
     name = "mode"
     keeps_lm_head = False
+    reports_loss = False  # evaluate() adds "loss" per target token (always when it is main)
     options_known: tuple[str, ...] = ()  # keys of cfg.options this mode reads
 
     def __init__(self, task, tokenizer, model_config, max_len: int = 128,
@@ -149,15 +157,32 @@ class Mode(ABC):
         """Predictions for `rows`, in the form `tasks.metrics.compute` expects."""
 
     @torch.no_grad()
+    def mean_loss(self, model: nn.Module, rows: list[dict]) -> float:
+        """The loss per target token over `rows` (the modes' own prepare and loss)."""
+        device = model_device(model)
+        total, n = 0.0, 0
+        for part in chunks(rows, self.eval_batch_size):
+            batch = {k: v.to(device) for k, v in self.prepare(part).items()}
+            loss, k = self.loss(model, batch)
+            total, n = total + float(loss), n + k
+        return total / max(n, 1)
+
+    @torch.no_grad()
     def evaluate(self, model: nn.Module, rows: list[dict]) -> dict[str, float]:
-        """Every metric of the task on `rows`: predict, then score against the gold."""
+        """Every metric of the task on `rows`: predict, then score against the gold; and
+        "loss" (per target token) where the mode reports it or it is the main metric."""
         was_training = model.training
         model.eval()
         try:
-            preds = self.predict(model, rows)
+            scores = {}
+            if self.reports_loss or self.task.main_metric == "loss":
+                scores["loss"] = self.mean_loss(model, rows)
+            if self.task.metrics:
+                scores.update(task_metrics.compute(
+                    self.task.metrics, self.predict(model, rows), self.references(rows)))
         finally:
             model.train(was_training)
-        return task_metrics.compute(self.task.metrics, preds, self.references(rows))
+        return scores
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -8,6 +8,10 @@ A row becomes a source text with a task prefix and a target text; classes are wo
     debian-summaries   source "summarize: <description>"                 target "<synopsis>"
     another task       "<task name> sentence: {text}" (pairs: "... sentence1: {text}
                        sentence2: {text_pair}", T5's GLUE format); seq2seq "summarize: {text}"
+    chatterbot         source "User: Hi\\nAssistant: Yo\\nUser: Ok?"         target "No."
+                       (each assistant turn is an example: the turns before it, one per
+                       line as "Role: content", in; the reply out -- BlenderBot's shape.
+                       A long history keeps its last tokens, the ones the reply answers.)
 
     source ids   [<s>]  tokens(source)  EOS     (<s>: BART only, as in its pretraining
     labels       [<s>]  tokens(target)  EOS      and in HF: "<s> ... </s>" both sides)
@@ -25,7 +29,9 @@ the prediction. Classification scores it by exact match with the label words (af
 stripping spaces, as T5's evaluation): text that spells no label is *invalid* and counted
 wrong (`self.invalid` counts them). `predict_by: rank` instead scores each label's target
 by its likelihood and takes the best, so every answer is a label. Summaries are scored
-with ROUGE-1/2/L (rouge-score, stemmed; tasks/metrics.py).
+with ROUGE-1/2/L (rouge-score, stemmed; tasks/metrics.py). Chat tasks report the loss
+per reply token (the main metric, as in mode `chat`) and ROUGE-L of the generated reply
+to each conversation's last assistant turn.
 
     options: {template: "...", label_words: {...}, predict_by: generate | rank,
               max_target_len: 64, max_new_tokens: (the longest label word, else
@@ -41,6 +47,8 @@ from ..errors import ConfigError, DataError
 from ..generation import GenerationConfig, generate
 from ..models.seq2seq import shift_right
 from ..objectives.clm import IGNORE, clm_loss
+from .chat import check_messages
+from .chat_tuning import last_reply
 from .modes import Mode, chunks, model_device, pad
 from .prompts import (
     check_template,
@@ -63,6 +71,8 @@ TEMPLATES = {
 def default_template(task) -> str:
     if task.name in TEMPLATES:
         return TEMPLATES[task.name]
+    if task.type == "chat":
+        return "{text}"  # the history itself
     if task.type == "seq2seq":
         return "summarize: {text}"
     if task.type == "pair-classification":
@@ -81,9 +91,11 @@ class Text2Text(Mode):
         if model_config.arch != "seq2seq":
             raise ConfigError(f"mode 'text2text' needs an encoder-decoder (BART, T5), got a "
                               f"{model_config.arch} (for decoders use mode 'verbalizer')")
-        if task.type not in ("classification", "pair-classification", "seq2seq"):
+        if task.type not in ("classification", "pair-classification", "seq2seq", "chat"):
             raise ConfigError(f"mode 'text2text' does not fit task type {task.type!r}")
-        self.classes = task.type != "seq2seq"
+        self.classes = task.type not in ("seq2seq", "chat")
+        self.chat = task.type == "chat"
+        self.reports_loss = self.chat
         opts = self.options
         self.template = opts.get("template", default_template(task))
         check_template(self.template, task_fields(task.type))
@@ -123,6 +135,10 @@ class Text2Text(Mode):
     def check(self, rows: list[dict], where: str) -> None:
         if not rows:
             raise DataError(f"{where}: no examples")
+        if self.chat:
+            for i, r in enumerate(rows):
+                check_messages(r.get("messages"), f"{where}, row {i}")
+            return
         fields = task_fields(self.task.type) + (() if self.classes else ("target",))
         for i, r in enumerate(rows):
             for f in fields:
@@ -131,9 +147,33 @@ class Text2Text(Mode):
             if self.classes:
                 label_index(r, self.task.labels, f"{where}, row {i}")
 
+    @staticmethod
+    def history(messages: list[dict]) -> str:
+        """The turns as text, one per line: "User: Hi\\nAssistant: Yo"."""
+        return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
+
+    def examples(self, rows: list[dict], last_only: bool = False) -> list[dict]:
+        """Chat: one {"text": history, "target": reply} per assistant turn (or only the
+        last one); other tasks: the rows themselves."""
+        if not self.chat:
+            return rows
+        out = []
+        for i, r in enumerate(rows):
+            messages = r["messages"]
+            turns = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
+            if not turns:
+                last_reply(messages, f"row {i}")  # raises: no assistant turn
+            for k in turns[-1:] if last_only else turns:
+                out.append({"text": self.history(messages[:k]),
+                            "target": messages[k]["content"]})
+        return out
+
     def source(self, row: dict) -> list[int]:
         """[<s>] + the filled template + EOS, cut to max_len."""
         budget = self.max_len - len(self.prefix) - 1
+        if self.chat:  # a history keeps its end: the turn the reply answers
+            ids = render_ids(self.template, row_fields(row, "seq2seq"), self.tokenizer)
+            return self.prefix + ids[max(0, len(ids) - budget):] + [self.eos_id]
         return self.prefix + render_ids(
             self.template, row_fields(row, self.task.type), self.tokenizer, budget
         ) + [self.eos_id]
@@ -147,6 +187,7 @@ class Text2Text(Mode):
 
     def prepare(self, rows: list[dict], draw=None) -> dict[str, Tensor]:
         """input_ids, attention_mask (B, S); labels, decoder_input_ids (B, T)."""
+        rows = self.examples(rows)
         sources = [self.source(r) for r in rows]
         labels = pad([self.target(r, f"row {i}") for i, r in enumerate(rows)], IGNORE)
         return {
@@ -172,7 +213,7 @@ class Text2Text(Mode):
         """The decoded answer of each row (greedy, or beam search with num_beams > 1)."""
         device = model_device(model)
         texts = []
-        for part in chunks(rows, self.eval_batch_size):
+        for part in chunks(self.examples(rows, last_only=True), self.eval_batch_size):
             sources = [self.source(r) for r in part]
             ids = pad(sources, self.pad_id).to(device)
             mask = pad([[1] * len(s) for s in sources], 0).to(device)
@@ -219,5 +260,5 @@ class Text2Text(Mode):
 
     def references(self, rows: list[dict]) -> list:
         if not self.classes:
-            return [r["target"] for r in rows]
+            return [r["target"] for r in self.examples(rows, last_only=True)]
         return [label_index(r, self.task.labels, f"row {i}") for i, r in enumerate(rows)]

@@ -1,4 +1,5 @@
-"""Label-word NLU for decoders (lecture: decoders do NLU by generating the label as words).
+"""Label-word NLU and prompted generation for decoders (lecture: decoders do NLU by
+generating the label as words).
 
 A *verbalizer* maps each class to a word. A row becomes a prompt, and the answer is the
 label's word, which the LM learns to continue the prompt with:
@@ -20,13 +21,23 @@ label's word, which the LM learns to continue the prompt with:
   every document), as in the chat template. Prompt and word are encoded separately, so
   the label's tokens are exactly encode(word) whatever text comes before.
 
+Seq2seq tasks (summaries) work the same way with the target text as the answer (GPT-2's
+"TL;DR:" summarization): the loss is on " " + the target's tokens + EOS, cut to
+`max_target_len`; predictions are generated (greedy, up to `max_new_tokens`) and scored
+with the task's metrics (ROUGE):
+
+    ids      <BOS> Description : ␣... \\n Synopsis :  ␣fast ␣web ␣server  <EOS>
+    targets    -       -       -  -    -    -      -  ␣fast ␣web ␣server <EOS>  -
+
 Defaults (override with `options`): rotten-tomatoes "Review: {text}\\nSentiment:" with
 " negative" / " positive"; debian-match "Description: {text}\\nSynopsis: {text_pair}\\n
-Match:" with " no" / " yes"; other tasks "Text: {text}\\nLabel:" (pairs add
+Match:" with " no" / " yes"; debian-summaries (and any seq2seq task)
+"Description: {text}\\nSynopsis:"; other tasks "Text: {text}\\nLabel:" (pairs add
 "\\nText 2: {text_pair}") with " " + the label name.
 
     options: {template: "...", label_words: {negative: " bad", positive: " good"},
-              predict_by: rank | generate, eos: true}
+              predict_by: rank | generate, eos: true,
+              max_target_len: 64, max_new_tokens: max_target_len (seq2seq only)}
 """
 
 from __future__ import annotations
@@ -60,6 +71,8 @@ TEMPLATES = {
 def default_template(task) -> tuple[str, dict[str, str]]:
     if task.name in TEMPLATES:
         return TEMPLATES[task.name]
+    if task.type == "seq2seq":
+        return "Description: {text}\nSynopsis:", {}
     template = "Text: {text}\nLabel:"
     if task.type == "pair-classification":
         template = "Text: {text}\nText 2: {text_pair}\nLabel:"
@@ -89,37 +102,49 @@ def sequence_log_probs(model: nn.Module, input_ids: Tensor, targets: Tensor) -> 
 class Verbalizer(Mode):
     name = "verbalizer"
     keeps_lm_head = True
-    options_known = ("template", "label_words", "predict_by", "eos")
+    options_known = ("template", "label_words", "predict_by", "eos", "max_target_len",
+                     "max_new_tokens")
 
     def __init__(self, task, tokenizer, model_config, **kw):
         super().__init__(task, tokenizer, model_config, **kw)
-        if task.type not in ("classification", "pair-classification"):
+        if task.type not in ("classification", "pair-classification", "seq2seq"):
             raise ConfigError(f"mode 'verbalizer' does not fit task type {task.type!r} "
-                              "(classification or pair-classification)")
+                              "(classification, pair-classification or seq2seq)")
         if model_config.arch != "decoder":
             raise ConfigError(f"mode 'verbalizer' needs a decoder, got a {model_config.arch} "
                               "(for encoder-decoders use mode 'text2text')")
+        self.classes = task.type != "seq2seq"
+        opts = self.options
         template, words = default_template(task)
-        self.template = self.options.get("template", template)
+        self.template = opts.get("template", template)
         check_template(self.template, task_fields(task.type))
-        self.words = label_words(task.labels, self.options.get("label_words"), words)
-        self.predict_by = self.options.get("predict_by", "rank")
-        if self.predict_by not in ("rank", "generate"):
+        self.words = label_words(task.labels, opts.get("label_words"), words) \
+            if self.classes else []
+        self.predict_by = opts.get("predict_by", "rank" if self.classes else "generate")
+        if self.predict_by not in ("rank", "generate") or (
+                self.predict_by == "rank" and not self.classes):
             raise ConfigError(f"config key 'options.predict_by': {self.predict_by!r} "
-                              "(known: rank, generate)")
+                              "(known: generate; rank for classification)")
         tok = tokenizer
         self.bos_id = tok.bos_id if tok.bos_id is not None else tok.eos_id
         self.eos_id = tok.eos_id
-        use_eos = bool(self.options.get("eos", True)) and self.eos_id is not None
-        end = [self.eos_id] if use_eos else []
+        use_eos = bool(opts.get("eos", True)) and self.eos_id is not None
+        self.end = [self.eos_id] if use_eos else []
         # the answer tokens of each label: its word, then EOS (the model learns to stop)
-        self.answers: list[list[int]] = [tok.encode_ordinary(w) + end for w in self.words]
+        self.answers: list[list[int]] = [tok.encode_ordinary(w) + self.end for w in self.words]
         if len({tuple(a) for a in self.answers}) < len(self.answers):
             raise ConfigError(f"label_words: two labels have the same tokens ({self.words})")
         self.pad_id = tok.pad_id if tok.pad_id is not None else (
             self.eos_id if self.eos_id is not None else 0)
         self.prefix = [self.bos_id] if self.bos_id is not None else []
-        self.budget = self.max_len - len(self.prefix) - max(len(a) for a in self.answers)
+        self.max_target_len = int(opts.get("max_target_len", 64))
+        longest = max(len(a) for a in self.answers) if self.classes else \
+            self.max_target_len + len(self.end)
+        self.max_new_tokens = int(opts.get("max_new_tokens", longest))
+        self.budget = self.max_len - len(self.prefix) - longest
+        if self.budget < 1:
+            raise ConfigError(f"max_len ({self.max_len}) leaves no room for a prompt before "
+                              f"an answer of {longest} tokens")
         self.clm = CausalLM()
 
     def build_model(self, backbone: nn.Module) -> nn.Module:
@@ -130,24 +155,32 @@ class Verbalizer(Mode):
     def check(self, rows: list[dict], where: str) -> None:
         if not rows:
             raise DataError(f"{where}: no examples")
-        fields = task_fields(self.task.type)
+        fields = task_fields(self.task.type) + (() if self.classes else ("target",))
         for i, r in enumerate(rows):
             for f in fields:
                 if not isinstance(r.get(f), str) or not r[f].strip():
                     raise DataError(f"{where}, row {i}: empty {f!r}")
-            label_index(r, self.task.labels, f"{where}, row {i}")
+            if self.classes:
+                label_index(r, self.task.labels, f"{where}, row {i}")
 
     def prompt(self, row: dict) -> list[int]:
         """BOS + the filled template, cut so that the longest answer still fits max_len."""
         return self.prefix + render_ids(self.template, row_fields(row, self.task.type),
                                         self.tokenizer, self.budget)
 
+    def answer(self, row: dict, where: str = "row") -> list[int]:
+        """The gold answer's tokens: the label's word, or " " + the target cut to fit; EOS."""
+        if self.classes:
+            return self.answers[label_index(row, self.task.labels, where)]
+        target = self.tokenizer.encode_ordinary(" " + row["target"].strip())
+        return target[:self.max_target_len] + self.end
+
     def prepare(self, rows: list[dict], draw=None) -> dict[str, Tensor]:
         """input_ids (B, T) and targets (B, T): the gold answer's tokens, IGNORE elsewhere."""
         ids, targets = [], []
         for i, r in enumerate(rows):
             prompt = self.prompt(r)
-            answer = self.answers[label_index(r, self.task.labels, f"row {i}")]
+            answer = self.answer(r, f"row {i}")
             seq = prompt + answer
             ids.append(seq[:-1])
             # target t = seq[t + 1]; only the answer (positions len(prompt) - 1 ...) counts
@@ -182,12 +215,11 @@ class Verbalizer(Mode):
 
     @torch.no_grad()
     def generate_text(self, model: nn.Module, rows: list[dict]) -> list[str]:
-        """Greedy continuation of each prompt, up to the longest answer, as text."""
+        """Greedy continuation of each prompt (up to max_new_tokens), as text."""
         from ..generation import pad_left
 
         device = model_device(model)
-        n = max(len(a) for a in self.answers)
-        cfg = GenerationConfig(max_new_tokens=n, eos_token_id=self.eos_id,
+        cfg = GenerationConfig(max_new_tokens=self.max_new_tokens, eos_token_id=self.eos_id,
                                pad_token_id=self.pad_id)
         texts = []
         for part in chunks(rows, self.eval_batch_size):
@@ -199,13 +231,17 @@ class Verbalizer(Mode):
                 texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
         return texts
 
-    def predict(self, model: nn.Module, rows: list[dict]) -> list[int]:
+    def predict(self, model: nn.Module, rows: list[dict]) -> list:
         """Label indexes: argmax of the label scores, or the label the generated text
-        spells (invalid text -> a wrong label; `self.invalid` counts them)."""
+        spells (invalid text -> a wrong label; `self.invalid` counts them). Seq2seq: the
+        generated texts."""
         if self.predict_by == "rank":
             return self.scores(model, rows).argmax(-1).tolist()
+        texts = self.generate_text(model, rows)
+        if not self.classes:
+            return [t.strip() for t in texts]
         preds, self.invalid = [], 0
-        for r, text in zip(rows, self.generate_text(model, rows)):
+        for r, text in zip(rows, texts):
             k = match_label(text, self.words)
             if k is None:
                 self.invalid += 1
@@ -213,5 +249,7 @@ class Verbalizer(Mode):
             preds.append(k)
         return preds
 
-    def references(self, rows: list[dict]) -> list[int]:
+    def references(self, rows: list[dict]) -> list:
+        if not self.classes:
+            return [r["target"] for r in rows]
         return [label_index(r, self.task.labels, f"row {i}") for i, r in enumerate(rows)]

@@ -92,6 +92,35 @@ def test_packing_keeps_targets_inside_each_conversation():
     assert [targets[23], targets[24]] == [66, END]
 
 
+def test_packed_rows_carry_positions_and_segments():
+    mode, _ = chat_mode(max_len=32)
+    short = [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"}]
+    batch = mode.prepare([{"messages": CONV}, {"messages": short}])
+    assert batch["position_ids"][0].tolist() == list(range(19)) + list(range(7))
+    assert batch["segment_ids"][0].tolist() == [1] * 19 + [2] * 7
+
+
+@pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-llama"])
+def test_packing_changes_nothing_but_the_speed(preset):
+    """Packed rows (block-diagonal causal mask, positions restarting per conversation)
+    give each conversation exactly the loss it has alone: attention never crosses."""
+    mode, model = chat_mode(preset, max_len=48)
+    model.eval()
+    convs = [CONV, [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"}],
+             [{"role": "system", "content": "Terse."}, {"role": "user", "content": "Why?"},
+              {"role": "assistant", "content": "Because."}]]
+    packed = mode.prepare([{"messages": c} for c in convs])
+    assert packed["input_ids"].shape[0] < len(convs)  # they do share rows
+    loss, n = mode.loss(model, packed)
+    mode.packing = False
+    alone = [mode.loss(model, mode.prepare([{"messages": c}])) for c in convs]
+    assert n == sum(k for _, k in alone)
+    assert loss.item() == pytest.approx(sum(v.item() for v, _ in alone), rel=1e-5)
+    # without the segments the first conversation would leak into the second
+    leaky = {"input_ids": packed["input_ids"], "targets": packed["targets"]}
+    assert abs(mode.loss(model, leaky)[0].item() - loss.item()) > 1e-3
+
+
 def test_loss_is_cross_entropy_on_assistant_tokens():
     mode, model = chat_mode(packing=False)
     model.eval()

@@ -138,6 +138,48 @@ def test_rouge_on_a_tiny_summarization_run(task):
     assert len(beams.predict(model, rows)) == 4
 
 
+CONV = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"},
+        {"role": "user", "content": "Ok?"}, {"role": "assistant", "content": "No."}]
+
+
+def test_chat_each_assistant_turn_is_an_example(tok):
+    """History in (one "Role: content" line per turn), the reply out; a long history
+    keeps its end; only the last reply is generated and scored."""
+    cfg, _ = seq2seq("tiny-t5", tok)
+    mode = Text2Text(get_task("chatterbot"), tok, cfg, max_len=12)
+    batch = mode.prepare([{"messages": CONV}])
+    history = b"User: Hi\nAssistant: Yo\nUser: Ok?"
+    assert batch["input_ids"].tolist() == [
+        [*b"User: Hi", EOS, *[EOS] * 3],
+        [*history[-11:], EOS],  # the last max_len - 1 tokens of the history
+    ]
+    assert batch["labels"].tolist() == [[*b"Yo", EOS, X], [*b"No.", EOS]]
+    assert mode.references([{"messages": CONV}]) == ["No."]
+    assert mode.reports_loss and mode.task.main_metric == "loss"
+    with pytest.raises(DataError, match="row 0: no assistant turn"):
+        mode.prepare([{"messages": CONV[:1]}])
+    with pytest.raises(DataError, match="val, row 0"):
+        mode.check([{"messages": []}], "val")
+
+
+def test_tiny_t5_learns_real_chatterbot_replies(tok):
+    """Four real conversations: the model learns to write each last reply from its history
+    (ROUGE-L 1.0), and evaluate reports the loss per reply token as chat tuning does."""
+    task = get_task("chatterbot")
+    convs = [r for r in load_task("chatterbot")["train"]
+             if len(r["messages"]) == 2 and len(r["messages"][1]["content"]) < 30][:4]
+    cfg, model = seq2seq("tiny-t5", tok, init_std=0.125)
+    mode = Text2Text(task, tok, cfg, max_len=64, options={"max_new_tokens": 32})
+    first = mode.evaluate(model, convs)
+    losses = train(mode, model, convs, 200, 3e-3)
+    assert losses[-1] < losses[0] / 10
+    scores = mode.evaluate(model, convs)
+    assert set(scores) == {"loss", "rougeL"}
+    assert scores["loss"] < first["loss"] / 10
+    assert mode.predict(model, convs) == [c["messages"][1]["content"] for c in convs]
+    assert scores["rougeL"] == 1.0
+
+
 def test_bad_input(tok, task):
     cfg, _ = seq2seq("tiny-t5", tok)
     gpt = resolve_model_config({"preset": "tiny-gpt2"}, tok.vocab_size, tok)

@@ -156,10 +156,51 @@ def test_bad_config(tok, task):
         Verbalizer(task, tok, cfg, options={"template": "Review: {review}\nSentiment:"})
     with pytest.raises(ConfigError, match="needs a decoder"):
         Verbalizer(task, tok, presets.get("tiny-t5", vocab_size=257))
-    with pytest.raises(ConfigError, match="does not fit task type 'seq2seq'"):
-        Verbalizer(get_task("debian-summaries"), tok, cfg)
+    with pytest.raises(ConfigError, match="does not fit task type 'chat'"):
+        Verbalizer(get_task("chatterbot"), tok, cfg)
     with pytest.raises(ConfigError, match="predict_by"):
         Verbalizer(task, tok, cfg, options={"predict_by": "vote"})
+    with pytest.raises(ConfigError, match="predict_by"):  # summaries are generated
+        Verbalizer(get_task("debian-summaries"), tok, cfg, options={"predict_by": "rank"})
+    with pytest.raises(ConfigError, match="leaves no room for a prompt"):
+        Verbalizer(get_task("debian-summaries"), tok, cfg, max_len=40,
+                   options={"max_target_len": 40})
+    with pytest.raises(DataError, match="val, row 0: empty 'target'"):
+        Verbalizer(get_task("debian-summaries"), tok, cfg).check(
+            [{"text": "a", "target": " "}], "val")
+
+
+def test_summaries_the_target_is_the_answer(tok):
+    """Seq2seq on a decoder: the prompt is context, " " + the target + EOS is learned."""
+    cfg, _ = gpt(tok)
+    mode = Verbalizer(get_task("debian-summaries"), tok, cfg, max_len=64,
+                      options={"max_target_len": 5})
+    batch = mode.prepare([{"text": "A web server.", "target": "fast httpd"}])
+    prompt = [EOS, *b"Description: A web server.\nSynopsis:"]
+    answer = [*b" fast", EOS]  # cut to max_target_len = 5 tokens, then EOS
+    assert batch["input_ids"][0].tolist() == (prompt + answer)[:-1]
+    assert batch["targets"][0].tolist() == [X] * (len(prompt) - 1) + answer
+    assert mode.budget == 64 - 1 - 6 and mode.max_new_tokens == 6
+
+
+def test_tiny_gpt_learns_real_summaries(tok):
+    """Four real Debian descriptions -> synopses: memorized, then generated word for word
+    (ROUGE 1.0); an untrained model scores far lower."""
+    task = get_task("debian-summaries")
+    short = [r for r in load_task("debian-summaries")["train"] if len(r["target"]) < 40]
+    rows = [dict(r, text=r["text"][:60]) for r in short[:4]]
+    cfg, model = gpt(tok)
+    mode = Verbalizer(task, tok, cfg, max_len=128, options={"max_target_len": 40})
+    before = mode.evaluate(model, rows)["rougeL"]
+    trainer = Trainer(model, mode, TrainConfig(
+        device="cpu", lr=3e-3, warmup_steps=0, max_steps=150, schedule="constant",
+        weight_decay=0.0, progress=False, tensorboard=False))
+    for _ in range(150):
+        trainer.train_step([rows])
+    assert mode.predict(model, rows) == [r["target"] for r in rows]
+    scores = mode.evaluate(model, rows)
+    assert scores["rouge1"] == scores["rouge2"] == scores["rougeL"] == 1.0
+    assert before < 0.2
 
 
 def test_pair_template_and_longest_first_truncation(tok):
