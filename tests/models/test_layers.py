@@ -161,6 +161,24 @@ def test_padding_mask_pad_tokens_do_not_change_real_tokens():
         torch.testing.assert_close(out_x[real], out_y[real])
 
 
+def test_segment_mask_is_block_diagonal_causal():
+    """Packed sequences: a query sees earlier keys of its own segment only (0 = padding)."""
+    seg = torch.tensor([[1, 1, 1, 2, 2, 0]])
+    am = torch.tensor([[1, 1, 1, 1, 1, 0]])
+    mask, is_causal = attention_mask_4d(am, 0, 6, segment_ids=seg)
+    assert not is_causal
+    assert mask[0, 0].int().tolist() == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [0, 0, 0, 1, 0, 0],
+        [0, 0, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 1],  # a pad query sees only itself
+    ]
+    with pytest.raises(ValueError, match="segment_ids need the whole sequence"):
+        attention_mask_4d(None, 2, 1, segment_ids=seg)
+
+
 def test_bidirectional_attention_sees_the_future():
     attn = _attention()
     x = torch.randn(1, 5, 32)
