@@ -449,7 +449,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
             load_weights(best_ckpt, model)
             summary = {
                 "event": "summary", "task": task.name, "type": task.type, "mode": mode_name,
-                "model": resolved.name, "init_from": cfg.init_from, "main_metric": metric,
+                "model": resolved.name, "arch": model_cfg.arch, "init_from": cfg.init_from,
+                "main_metric": metric,
                 "best_epoch": best_epoch, "epochs_run": epoch,
                 "stopped_early": epoch < cfg.epochs, "step": trainer.step,
                 "val": mode.evaluate(model, val_rows), "test": mode.evaluate(model, test_rows),
@@ -548,27 +549,40 @@ def results_table(run_dirs: list[str | Path], split: str = "test") -> str:
     """Markdown: one row per model, one column per task, the task's main metric on
     `split` x 100 (as the GLUE tables of the papers print it), and the row average.
 
-    Runs are grouped by their `name` (the model) and `task`; when one model has several
-    runs of a task, the one listed last counts."""
+    A loss (chat's main metric: lower is better) is printed as is, not x 100, and stays
+    out of the average. An "arch" column appears when the runs record their body's
+    architecture. Runs are grouped by their `name` (the model) and `task`; when one model
+    has several runs of a task, the one listed last counts."""
     cells: dict[str, dict[str, float]] = {}
+    arch_of: dict[str, str] = {}
     metric_of: dict[str, str] = {}
     for d in run_dirs:
         r = read_results(d)
         if split not in r:
             raise CheckpointError(f"{d}/{RESULTS}: no {split} metrics")
         metric_of[r["task"]] = r["main_metric"]
-        cells.setdefault(r["model"], {})[r["task"]] = 100 * r[split][r["main_metric"]]
+        value = r[split][r["main_metric"]]
+        cells.setdefault(r["model"], {})[r["task"]] = \
+            value if r["main_metric"] == "loss" else 100 * value
+        if r.get("arch"):
+            arch_of[r["model"]] = r["arch"]
     tasks = list(metric_of)
-    head = ["Model"] + [f"{t} ({metric_of[t]})" for t in tasks]
-    if len(tasks) > 1:
+    scored = [t for t in tasks if metric_of[t] != "loss"]  # higher is better: averaged
+    head = ["Model"] + (["arch"] if arch_of else [])
+    head += [f"{t} ({'loss, lower is better' if metric_of[t] == 'loss' else metric_of[t]})"
+             for t in tasks]
+    if len(scored) > 1:
         head.append("Average")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model, row in cells.items():
-        values = [f"{row[t]:.1f}" if t in row else "-" for t in tasks]
-        if len(tasks) > 1:
-            full = all(t in row for t in tasks)
-            values.append(f"{sum(row.values()) / len(tasks):.1f}" if full else "-")
-        lines.append("| " + " | ".join([model] + values) + " |")
+        values = [("-" if t not in row else
+                   f"{row[t]:.3f}" if metric_of[t] == "loss" else f"{row[t]:.1f}")
+                  for t in tasks]
+        if len(scored) > 1:
+            full = all(t in row for t in scored)
+            values.append(f"{sum(row[t] for t in scored) / len(scored):.1f}" if full else "-")
+        first = [model] + ([arch_of.get(model, "-")] if arch_of else [])
+        lines.append("| " + " | ".join(first + values) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -241,10 +241,11 @@ def test_eval_of_another_kind_of_task_is_refused(overfit_run, capsys):
 
 # -- the report -----------------------------------------------------------------------------
 
-def _result(path: Path, model, task, metric, value):
+def _result(path: Path, model, task, metric, value, **extra):
     path.mkdir(parents=True)
     (path / "results.json").write_text(json.dumps(
-        {"model": model, "task": task, "main_metric": metric, "test": {metric: value}}))
+        {"model": model, "task": task, "main_metric": metric, "test": {metric: value},
+         **extra}))
     return path
 
 
@@ -259,10 +260,23 @@ def test_report_is_a_glue_style_table(work, overfit_run, capsys):
         "| bert | 81.2 | 25.0 | 53.1 |",
         "| gpt2 | 70.0 | - | - |",
     ]
+    # a loss (chat) is printed as is and left out of the average; the body's arch shows
+    runs = [_result(work / "r4", "gpt2", "rotten-tomatoes", "accuracy", 0.7, arch="decoder"),
+            _result(work / "r5", "gpt2", "wnut16", "entity_f1", 0.2, arch="decoder"),
+            _result(work / "r6", "gpt2", "chatterbot", "loss", 4.0987, arch="decoder"),
+            _result(work / "r7", "bart", "chatterbot", "loss", 3.5, arch="seq2seq")]
+    assert results_table(runs).splitlines() == [
+        "| Model | arch | rotten-tomatoes (accuracy) | wnut16 (entity_f1) | "
+        "chatterbot (loss, lower is better) | Average |",
+        "|---|---|---|---|---|---|",
+        "| gpt2 | decoder | 70.0 | 20.0 | 4.099 | 45.0 |",
+        "| bart | seq2seq | - | - | 3.500 | - |",
+    ]
     out = work / "results.md"
     assert main(["report", overfit_run["run_dir"], "--out", str(out)]) == 0
     assert out.read_text() == capsys.readouterr().out == (
-        "| Model | tiny-sentiment (accuracy) |\n|---|---|\n| tiny-bert (scratch) | 100.0 |\n")
+        "| Model | arch | tiny-sentiment (accuracy) |\n|---|---|---|\n"
+        "| tiny-bert (scratch) | encoder | 100.0 |\n")
     _fails(["report", str(work)], capsys, "no results.json")
 
 
