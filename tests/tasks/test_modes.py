@@ -173,6 +173,129 @@ def test_best_span_maximizes_start_plus_end_within_the_context(tok):
         _mode("qa", get_task("wiki-qa"), tok, options={"stride": 2})
 
 
+# A long context whose every piece is one character, so one token: token t is char t.
+LETTERS = "-".join("abcdefghijklmnopqrst")  # 39 characters, 39 tokens
+
+
+def _letters_row(answer, context=LETTERS):
+    return {"question": "x?", "context": context, "answers": [answer],
+            "answer_starts": [context.index(answer)]}
+
+
+def test_qa_long_context_windows_overlap_by_doc_stride_and_reach_its_end(tok):
+    m = _mode("qa", get_task("wiki-qa"), tok, max_len=16, options={"doc_stride": 3})
+    q = tok.encode_ordinary("x?")
+    assert len(q) == 2 and [len(tok.encode_ordinary(c)) for c in LETTERS] == [1] * 39
+    # room = 16 - 3 specials - 2 question tokens = 11, step = 11 - 3 = 8
+    feats = m.features(_letters_row("p-q"))
+    assert [f["window"] for f in feats] == [(0, 11), (8, 19), (16, 27), (24, 35), (32, 39)]
+    assert [LETTERS[f["spans"][0][0]:f["spans"][-1][1]] for f in feats] == [
+        "a-b-c-d-e-f", "e-f-g-h-i-j", "i-j-k-l-m-n", "m-n-o-p-q-r", "q-r-s-t"]
+    for f in feats:
+        w0, w1 = f["window"]
+        assert f["input_ids"] == [tok.cls_id] + q + [tok.sep_id] + \
+            [tok.encode_ordinary(c)[0] for c in LETTERS[w0:w1]] + [tok.sep_id]
+        assert f["token_type_ids"] == [0] * 4 + [1] * (w1 - w0 + 1) and f["offset"] == 4
+    assert all(a["window"][1] - b["window"][0] == 3 for a, b in zip(feats, feats[1:]))
+    # "p-q" is tokens 30..32: whole only in window 3 (24..34), at 4 + 6 .. 4 + 8;
+    # "e-f" is tokens 8..10: whole in window 0 (at 4 + 8) and window 1 (at 4 + 0)
+    batch = m.prepare([_letters_row("p-q"), _letters_row("e-f")])
+    assert batch["input_ids"].shape == (10, 16) and m.num_targets(batch) == 10
+    assert batch["start_positions"].tolist() == [0, 0, 0, 10, 0, 12, 4, 0, 0, 0]
+    assert batch["end_positions"].tolist() == [0, 0, 0, 12, 0, 14, 6, 0, 0, 0]
+    assert batch["attention_mask"].sum(1).tolist() == [16, 16, 16, 16, 12] * 2
+    assert batch["token_type_ids"][4].tolist() == [0] * 4 + [1] * 8 + [0] * 4
+    # "j-k-l" is tokens 18..22: window 1 (8..18) holds only its start, so points at 0
+    assert [(f["start"], f["end"]) for f in m.features(_letters_row("j-k-l"))] == \
+        [(0, 0), (0, 0), (4 + 2, 4 + 6), (0, 0), (0, 0)]
+    assert m.encode(_letters_row("p-q")) == feats[0]  # encode: the first window
+    assert _mode("qa", get_task("wiki-qa"), tok, max_len=16).doc_stride == 4  # max_len // 4
+
+
+def test_qa_context_that_fits_is_one_feature_encoded_as_before(tok, gpt_tok):
+    context = "It opened in 1931 ."
+    row = {"question": "When?", "context": context, "answers": ["1931"],
+           "answer_starts": [context.index("1931")]}
+    for t, preset, prefix, sep in [(tok, "tiny-bert", [tok.cls_id], tok.sep_id),
+                                   (gpt_tok, "tiny-gpt2", [], gpt_tok.eos_id)]:
+        q = t.encode_ordinary("When?")
+        pieces = [t.encode_ordinary(p) for p in ["It", " opened", " in", " 1931", " ."]]
+        c = [i for p in pieces for i in p]
+        start = len(prefix) + len(q) + 1 + len(pieces[0] + pieces[1] + pieces[2])
+        for options in ({}, {"doc_stride": 0}, {"doc_stride": 5}):
+            m = _mode("qa", get_task("wiki-qa"), t, preset=preset, options=options)
+            assert len(m.features(row)) == 1
+            batch = m.prepare([row])
+            assert batch["input_ids"].tolist() == [prefix + q + [sep] + c + [sep]]
+            assert batch["attention_mask"].tolist() == [[1] * (len(prefix) + len(q) + len(c) + 2)]
+            assert batch["start_positions"].tolist() == [start]
+            assert batch["end_positions"].tolist() == [start + len(pieces[3]) - 1]
+            assert ("token_type_ids" in batch) == (preset == "tiny-bert")
+
+
+class _TokenScores(torch.nn.Module):
+    """A stand-in span model: start_t = S[id_t], end_t = E[id_t]."""
+
+    def __init__(self, vocab_size, start, end):
+        super().__init__()
+        self.S = torch.nn.Parameter(torch.zeros(vocab_size))
+        self.E = torch.nn.Parameter(torch.zeros(vocab_size))
+        with torch.no_grad():
+            for table, scores in ((self.S, start), (self.E, end)):
+                for token_id, score in scores.items():
+                    table[token_id] = score
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        return self.S[input_ids], self.E[input_ids]
+
+
+def test_qa_prediction_takes_the_best_span_over_all_windows(tok):
+    m = _mode("qa", get_task("wiki-qa"), tok, max_len=16, eval_batch_size=2,
+              options={"doc_stride": 3, "max_answer_tokens": 40})
+    ch = {c: tok.encode_ordinary(c)[0] for c in "cpqstx"}
+    special = {tok.cls_id: 100.0, tok.sep_id: 100.0, ch["x"]: 50.0}  # never in the context
+    model = _TokenScores(tok.vocab_size, {**special, ch["c"]: 6.0, ch["p"]: 5.0},
+                         {**special, ch["s"]: 6.0, ch["q"]: 5.0})
+    rows = [_letters_row("c-d-s", "c-d-s"), _letters_row("p-q")]
+    # the long row, windows as above: a-..-f 6 + 0 (c), m-..-r 5 + 5 (p-q), q-..-t 0 + 6 (s);
+    # c .. s (6 + 6) would win were spans to cross windows; the short row fits: c-d-s
+    assert m.predict(model, rows) == ["c-d-s", "p-q"]
+    with torch.no_grad():
+        model.E[ch["t"]] = 20.0  # now the last, short window wins (q-r-s-t, chars 32..38)
+    assert m.predict(model, rows) == ["c-d-s", "q-r-s-t"]
+
+
+def test_qa_tiny_model_finds_answers_beyond_the_first_window(tok):
+    task = get_task("wiki-qa")
+    m = _mode("qa", task, tok, max_len=16, options={"doc_stride": 3})
+    rows = []
+    for p in range(20):  # "z" replaces the p-th letter: windows 0 .. 4 hold it
+        context = "-".join("abcdefghijklmnopqrst"[:p] + "z" + "abcdefghijklmnopqrst"[p + 1:])
+        rows.append(_letters_row("z", context))
+    assert sum(r["answer_starts"][0] >= 11 for r in rows) == 14  # beyond the first window
+    torch.manual_seed(0)
+    model = m.build_model(build(_mc("tiny-bert", tok)))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batch = m.prepare(rows)
+    assert m.num_targets(batch) == 100  # 20 rows x 5 windows
+    for _ in range(60):
+        loss, n = m.loss(model, batch)
+        opt.zero_grad()
+        (loss / n).backward()
+        opt.step()
+    assert loss.item() / n < 0.05  # the windows without "z" learned position 0 too
+    assert m.evaluate(model, rows) == {"squad_f1": 1.0, "exact_match": 1.0}
+
+
+def test_qa_doc_stride_must_leave_the_windows_room_to_move(tok):
+    # max_len 16: 13 beside the specials, a question keeps up to 6, so the room is >= 7
+    for bad in (-1, 7, 100, "3", 2.5, True):
+        with pytest.raises(ConfigError, match=r"options\.doc_stride.*\[0, 7\)"):
+            _mode("qa", get_task("wiki-qa"), tok, max_len=16, options={"doc_stride": bad})
+    assert _mode("qa", get_task("wiki-qa"), tok, max_len=16,
+                 options={"doc_stride": 6}).doc_stride == 6
+
+
 def test_wiki_qa_fixture_is_rebuilt_byte_for_byte_from_the_corpus():
     from lmforge.data import read_corpus, registry
     from lmforge.tasks import wikiqa
