@@ -904,7 +904,8 @@ def _seq2seq_config_from_hf(c: dict[str, Any], family: str) -> ModelConfig:
         bias=False, positions="none",
         relative_attention_num_buckets=c["relative_attention_num_buckets"],
         relative_attention_max_distance=c["relative_attention_max_distance"],
-        scale_attention=False, scale_decoder_outputs=scale, tie_embeddings=tied, **ids,
+        scale_attention=False, scale_decoder_outputs=scale, tie_embeddings=tied,
+        initializer_factor=c.get("initializer_factor", 1.0), **ids,
     )  # fmt: skip
 
 
@@ -951,7 +952,8 @@ def _seq2seq_config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "layer_norm_epsilon": config.norm_eps, "dropout_rate": config.dropout,
         "feed_forward_proj": f"gated-{act}" if config.ffn == "gated" else act,
         "tie_word_embeddings": config.tie_embeddings, "is_encoder_decoder": True,
-        "scale_decoder_outputs": config.scale_decoder_outputs, **ids,
+        "scale_decoder_outputs": config.scale_decoder_outputs,
+        "initializer_factor": config.initializer_factor, **ids,
     }  # fmt: skip
 
 

@@ -20,7 +20,8 @@ embedding_size, share_layers.
 Encoder-decoders (arch="seq2seq": BART, T5) add theirs, tabled in seq2seq.py:
 n_decoder_layer, relative_attention_num_buckets / _max_distance, scale_attention,
 embed_norm, final_logits_bias, scale_decoder_outputs, decoder_start_token_id (and BART's
-position_offset=2).
+position_offset=2). scale_attention=False also picks T5's initialization (seq2seq.py),
+scaled by initializer_factor.
 
 `__post_init__` checks every field and raises `ConfigError` naming the field and what was
 expected, so a typo in a YAML recipe fails before any tensor is allocated.
@@ -104,6 +105,9 @@ class ModelConfig:
     relative_attention_num_buckets: int = 0  # T5 relative position bias; 0 = none
     relative_attention_max_distance: int = 128  # T5: distances past this share a bucket
     scale_attention: bool = True  # softmax(QK^T / sqrt(hs)); T5 folds 1/sqrt(hs) into init
+    # scale_attention=False also selects T5's init (transformers' T5 _init_weights; the body
+    # then ignores init_std), each std times initializer_factor (1.0: T5's own)
+    initializer_factor: float = 1.0
     embed_norm: bool = False  # BART's layernorm_embedding after token + position embeddings
     final_logits_bias: bool = False  # BART: a (1, V) bias buffer added to the logits
     scale_decoder_outputs: bool = False  # T5: h * d_model^-0.5 before the tied LM head
@@ -178,7 +182,8 @@ class ModelConfig:
         if self.arch != "seq2seq":
             for name, default in (
                 ("n_decoder_layer", None), ("relative_attention_num_buckets", 0),
-                ("scale_attention", True), ("embed_norm", False), ("final_logits_bias", False),
+                ("scale_attention", True), ("initializer_factor", 1.0), ("embed_norm", False),
+                ("final_logits_bias", False),
                 ("scale_decoder_outputs", False), ("decoder_start_token_id", None),
             ):  # fmt: skip
                 if getattr(self, name) != default:
@@ -203,13 +208,18 @@ class ModelConfig:
                 )
             if self.decoder_start_token_id is None:
                 raise ConfigError("model.decoder_start_token_id: required for arch=seq2seq")
+            if self.scale_attention and self.initializer_factor != 1.0:
+                raise ConfigError(
+                    "model.initializer_factor: only applies to T5's init (scale_attention=false); "
+                    "set init_std instead"
+                )
         if self.arch == "encoder" and self.positions != "learned":
             raise ConfigError(
                 f"model.positions: encoders use learned positions, got {self.positions!r}"
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: expected a number in [0, 1), got {self.dropout!r}")
-        for name in ("norm_eps", "init_std", "rope_theta"):
+        for name in ("norm_eps", "init_std", "rope_theta", "initializer_factor"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"model.{name}: expected a positive number, got {value!r}")

@@ -13,6 +13,9 @@ The families differ only in `ModelConfig` flags:
             (buckets, computed once per stack)                                            h*d^-0.5
     t5 v1.1 (t5)                                                             gated GELU   untied
 
+    init    bart: every weight N(0, init_std).  t5 (scale_attention=False): per-role stds,
+            as transformers' T5PreTrainedModel._init_weights (see `init_t5_weights`).
+
 The calling convention and output names follow `transformers`'
 BartForConditionalGeneration / T5ForConditionalGeneration:
 
@@ -46,6 +49,7 @@ from .layers import (
     KVCache,
     LayerNorm,
     RelativePositionBias,
+    RMSNorm,
     init_normal_,
     make_norm,
 )
@@ -166,11 +170,62 @@ class Seq2Seq(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """N(0, init_std) for weights and embeddings, zero biases, norms at 1 / 0."""
+        """N(0, init_std) for weights and embeddings, zero biases, norms at 1 / 0 (BART);
+        T5's own scheme when attention is unscaled (`init_t5_weights`)."""
+        if not self.config.scale_attention:
+            self.init_t5_weights()
+            return
         std = self.config.init_std
         init_normal_(self, std)
         if not self.config.tie_embeddings:
             nn.init.normal_(self.lm_head.weight, 0.0, std)
+
+    @torch.no_grad()
+    def init_t5_weights(self) -> None:
+        """T5's initialization (Mesh TensorFlow's, as transformers' T5PreTrainedModel
+        `_init_weights`), every std times f = `initializer_factor`:
+
+            token embeddings (and the tied head)    N(0, f)
+            untied LM head (v1.1)                    N(0, f)         (as transformers)
+            attention Wq                             N(0, f (d * d_kv)^-0.5)
+            attention Wk, Wv                         N(0, f d^-0.5)
+            attention Wo                             N(0, f (n_head * d_kv)^-0.5)
+            relative position bias                   N(0, f d^-0.5)
+            FFN wi (gated: wi_0 and wi_1)            N(0, f d^-0.5)
+            FFN wo                                   N(0, f d_ff^-0.5)
+            norm weights                             f (biases, if any, 0)
+
+        Wq's (d * d_kv)^-0.5 is the 1/sqrt(d_kv) that the unscaled attention leaves out;
+        the same rules hold for the decoder's cross-attention.
+        """
+        c, f = self.config, self.config.initializer_factor
+        d, inner = c.d_model, c.n_head * c.head_size
+
+        def normal_(weight: Tensor, std: float) -> None:
+            nn.init.normal_(weight, 0.0, f * std)
+
+        if not c.tie_embeddings:
+            normal_(self.lm_head.weight, 1.0)
+        for module in self.modules():
+            if isinstance(module, Attention):  # fused [Wq; Wk; Wv]
+                normal_(module.qkv.weight[:inner], (d * c.head_size) ** -0.5)
+                normal_(module.qkv.weight[inner:], d**-0.5)
+                normal_(module.out.weight, inner**-0.5)
+            elif isinstance(module, CrossAttention):  # Wq, [Wk; Wv]
+                normal_(module.q.weight, (d * c.head_size) ** -0.5)
+                normal_(module.kv.weight, d**-0.5)
+                normal_(module.out.weight, inner**-0.5)
+            elif isinstance(module, FeedForward):  # fc1 = wi or [wi_0; wi_1], fc2 = wo
+                normal_(module.fc1.weight, d**-0.5)
+                normal_(module.fc2.weight, c.ffn_size**-0.5)
+            elif isinstance(module, nn.Embedding):  # tokens; relative bias (learned positions)
+                normal_(module.weight, 1.0 if module is self.tok_embed else d**-0.5)
+            elif isinstance(module, (RMSNorm, LayerNorm)):
+                nn.init.constant_(module.weight, f - 1.0 if c.norm_unit_offset else f)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, LayerNorm):
+                nn.init.zeros_(module.bias)
 
     def tie_weights(self) -> None:
         if self.config.tie_embeddings:
