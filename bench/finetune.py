@@ -133,31 +133,13 @@ def build_classify(args):
     from transformers import BertForSequenceClassification
 
     from lmforge.config import load_config
-    from lmforge.finetune import (
-        FinetuneConfig,
-        body_config,
-        builtin_weights,
-        check_vocab,
-        load_body,
-        read_source,
-        resolve_task,
-    )
-    from lmforge.models import build
-    from lmforge.tasks.modes import default_mode, get_mode
+    from lmforge.finetune import FinetuneConfig, build_model, builtin_weights, setup
 
     cfg = load_config("configs/finetune/rotten-tomatoes-minilm.yaml", FinetuneConfig,
                       ["model.dropout=0.0", "options.classifier_dropout=0.0"])
-    task, splits = resolve_task(cfg)
-    source = read_source(cfg)
-    mode_name = cfg.mode or default_mode(task.type, source.model_config.arch)
-    mode_cls = get_mode(mode_name)
-    model_cfg = body_config(source, cfg, getattr(mode_cls, "keeps_lm_head", False))
-    check_vocab(source, model_cfg)
-    mode = mode_cls.from_config(cfg, task, source.tokenizer, model_cfg)
-    torch.manual_seed(cfg.seed)
-    body = build(model_cfg)
-    load_body(body, source.state, source.what)
-    model = mode.build_model(body)
+    s = setup(cfg)  # exactly what `lmforge finetune` builds
+    task, splits, mode, mode_name = s.task, s.splits, s.mode, s.mode_name
+    model = build_model(s, cfg.seed)
 
     hf = BertForSequenceClassification.from_pretrained(
         str(builtin_weights("minilm")), num_labels=2, hidden_dropout_prob=0.0,

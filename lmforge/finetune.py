@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -340,19 +340,22 @@ def default_name(cfg: FinetuneConfig) -> str:
     return str(cfg.model.get("preset") or cfg.model.get("family") or "model") + " (scratch)"
 
 
-def finetune(cfg: FinetuneConfig) -> dict:
-    """Fine-tune as `cfg` says; return the summary (best epoch, val and test metrics)."""
-    from .models import build
+@dataclass
+class Setup:
+    """What a fine-tuning config resolves to before anything is written."""
+
+    task: Any
+    splits: dict
+    source: Source
+    mode_name: str
+    model_config: Any
+    mode: Any
+
+
+def setup(cfg: FinetuneConfig) -> Setup:
+    """Task, body and mode of `cfg`, every check done (ConfigError / CheckpointError)."""
     from .tasks.modes import default_mode, get_mode
-    from .training.checkpoint import latest_checkpoint, load_weights, save_checkpoint
-    from .training.logs import RunLogger
-    from .training.trainer import NonFiniteLossError, Trainer, torch_threads
 
-    run_dir = Path(cfg.run_dir)
-    if latest_checkpoint(run_dir / "checkpoints") is not None:
-        raise CheckpointError(f"{run_dir} already holds a run; set run_dir=NEW_DIR")
-
-    # 1-3. task, body, mode: every check before anything is written
     task, splits = resolve_task(cfg)
     source = read_source(cfg)
     mode_name = cfg.mode or default_mode(task.type, source.model_config.arch)
@@ -363,6 +366,35 @@ def finetune(cfg: FinetuneConfig) -> dict:
         raise ConfigError(f"config key 'max_len': {cfg.max_len} is longer than the model's "
                           f"context (max_seq_len = {model_cfg.max_seq_len})")
     mode = mode_cls.from_config(cfg, task, source.tokenizer, model_cfg)
+    return Setup(task, splits, source, mode_name, model_cfg, mode)
+
+
+def build_model(s: Setup, seed: int) -> nn.Module:
+    """The body (random init from `seed`, then the pretrained weights) with the mode's
+    head or changes on it."""
+    from .models import build
+
+    torch.manual_seed(seed)
+    body = build(s.model_config)
+    if s.source.state is not None:
+        load_body(body, s.source.state, s.source.what)
+    return s.mode.build_model(body)
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    """Fine-tune as `cfg` says; return the summary (best epoch, val and test metrics)."""
+    from .training.checkpoint import latest_checkpoint, load_weights, save_checkpoint
+    from .training.logs import RunLogger
+    from .training.trainer import NonFiniteLossError, Trainer, torch_threads
+
+    run_dir = Path(cfg.run_dir)
+    if latest_checkpoint(run_dir / "checkpoints") is not None:
+        raise CheckpointError(f"{run_dir} already holds a run; set run_dir=NEW_DIR")
+
+    # 1-3. task, body, mode: every check before anything is written
+    s = setup(cfg)
+    task, splits, source, mode_name, model_cfg, mode = (
+        s.task, s.splits, s.source, s.mode_name, s.model_config, s.mode)
     rng = random.Random(cfg.seed)
     train_rows = list(splits["train"])
     rng.shuffle(train_rows)
@@ -389,11 +421,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                                 warmup_steps=train.warmup_steps or round(cfg.warmup_frac * total))
     metric = task.main_metric
     with torch_threads(train.threads):
-        torch.manual_seed(cfg.seed)
-        body = build(model_cfg)
-        if source.state is not None:
-            load_body(body, source.state, source.what)
-        model = mode.build_model(body)
+        model = build_model(s, cfg.seed)
         trainer = Trainer(model, mode, train, model_config=model_cfg.to_dict())
         model = trainer.model
         meta = {"tokenizer_hash": source.tokenizer.fingerprint, "task": task.name,
