@@ -92,7 +92,7 @@ def test_tiny_t5_learns_eight_real_rows(tok, task):
         [r for r in rows_all if r["label"] == 0][:4]
     cfg, model = seq2seq("tiny-t5", tok)  # T5's own init (tests/models/test_seq2seq_init.py)
     mode = Text2Text(task, tok, cfg, max_len=48)
-    losses = train(mode, model, rows, 150, 3e-3)
+    losses = train(mode, model, rows, 60, 3e-3)
     assert losses[-1] < losses[0] / 10
     scores = mode.evaluate(model, rows)  # generate, then exact match with the label words
     assert scores["accuracy"] == 1.0 and mode.invalid == 0
@@ -169,7 +169,7 @@ def test_tiny_t5_learns_real_chatterbot_replies(tok):
     cfg, model = seq2seq("tiny-t5", tok)
     mode = Text2Text(task, tok, cfg, max_len=64, options={"max_new_tokens": 32})
     first = mode.evaluate(model, convs)
-    losses = train(mode, model, convs, 200, 3e-3)
+    losses = train(mode, model, convs, 80, 3e-3)
     assert losses[-1] < losses[0] / 10
     scores = mode.evaluate(model, convs)
     assert set(scores) == {"loss", "rougeL"}
