@@ -90,6 +90,10 @@ def get_mode(name: str) -> type:
 
 
 def default_mode(task_type: str, arch: str | None = None) -> str:
+    if arch == "encoder" and task_type in ("seq2seq", "chat"):
+        raise ConfigError(f"task type {task_type!r} is text generation, which an encoder "
+                          "cannot do (it has no decoder to write with): fine-tune a decoder "
+                          "or an encoder-decoder")
     if (task_type, arch) in DEFAULT_MODES_BY_ARCH:
         return DEFAULT_MODES_BY_ARCH[task_type, arch]
     if task_type not in DEFAULT_MODES:

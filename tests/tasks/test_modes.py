@@ -53,6 +53,14 @@ def test_registry_and_defaults():
     assert {"classify", "tag", "qa", "text2text", "verbalizer", "chat"} <= set(MODES)
     assert default_mode("pair-classification") == "classify"
     assert default_mode("tagging") == "tag" and default_mode("qa") == "qa"
+    # where one mode does not fit every body
+    assert default_mode("seq2seq", "seq2seq") == "text2text"
+    assert default_mode("seq2seq", "decoder") == "verbalizer"
+    assert default_mode("chat", "decoder") == "chat"
+    assert default_mode("chat", "seq2seq") == "text2text"
+    for task_type in ("seq2seq", "chat"):
+        with pytest.raises(ConfigError, match="an encoder cannot do"):
+            default_mode(task_type, "encoder")
     with pytest.raises(ConfigError, match="unknown mode 'nope'"):
         get_mode("nope")
 
