@@ -354,10 +354,11 @@ class Setup:
 
 def setup(cfg: FinetuneConfig) -> Setup:
     """Task, body and mode of `cfg`, every check done (ConfigError / CheckpointError)."""
-    from .tasks.modes import default_mode, get_mode
+    from .tasks.modes import check_body, default_mode, get_mode
 
     task, splits = resolve_task(cfg)
     source = read_source(cfg)
+    check_body(task.type, source.model_config.arch)
     mode_name = cfg.mode or default_mode(task.type, source.model_config.arch)
     mode_cls = get_mode(mode_name)
     model_cfg = body_config(source, cfg, getattr(mode_cls, "keeps_lm_head", False))

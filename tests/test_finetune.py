@@ -234,6 +234,15 @@ def test_pretrained_body_with_a_wrong_vocab_names_the_tensor(pretrained, tok_fil
         load_body(body, src.state, src.what)
 
 
+def test_generation_task_on_an_encoder_is_refused(work, pretrained, capsys):
+    recipe = RECIPES[0].parent / "debian-summaries-bart.yaml"
+    err = _fails(["finetune", str(recipe), f"run_dir={work / 'x-enc'}",
+                  f"init_from={pretrained('tiny-bert')}"],
+                 capsys, "'seq2seq' is text generation, which an encoder cannot do")
+    assert not (work / "x-enc").exists()
+    assert err.startswith("lmforge: error:")
+
+
 def test_eval_of_another_kind_of_task_is_refused(overfit_run, capsys):
     _fails(["eval", overfit_run["run_dir"], "--task", "wnut16"], capsys,
            "does not fit this run's 'tiny-sentiment'")

@@ -89,11 +89,16 @@ def get_mode(name: str) -> type:
         raise ConfigError(f"config key 'mode': mode {name!r} is not available ({e})") from None
 
 
-def default_mode(task_type: str, arch: str | None = None) -> str:
+def check_body(task_type: str, arch: str | None) -> None:
+    """ConfigError for a generation task on an encoder (it has nothing to write with)."""
     if arch == "encoder" and task_type in ("seq2seq", "chat"):
         raise ConfigError(f"task type {task_type!r} is text generation, which an encoder "
                           "cannot do (it has no decoder to write with): fine-tune a decoder "
                           "or an encoder-decoder")
+
+
+def default_mode(task_type: str, arch: str | None = None) -> str:
+    check_body(task_type, arch)
     if (task_type, arch) in DEFAULT_MODES_BY_ARCH:
         return DEFAULT_MODES_BY_ARCH[task_type, arch]
     if task_type not in DEFAULT_MODES:
