@@ -26,6 +26,7 @@ from lmforge.tasks.modes import default_mode, get_mode
 from lmforge.tokenizer import Tokenizer
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs" / "finetune").glob("*.yaml"))
+CLASSIFY = RECIPES[0].parent / "rotten-tomatoes-bert.yaml"  # the bad-input tests' recipe
 SPECIAL = ["<|endoftext|>", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
 QUIET = ["train.progress=false", "train.tensorboard=false"]
 
@@ -194,7 +195,7 @@ def _fails(argv, capsys, *needles):
 def test_label_outside_the_label_set_names_file_and_line(work, tok_file, capsys):
     bad = _rows_file(work / "bad-label.jsonl", [{"text": "good", "label": "pos"},
                                                 {"text": "bad", "label": "maybe"}])
-    _fails(["finetune", str(RECIPES[0]), f"run_dir={work / 'x1'}", "task=mine",
+    _fails(["finetune", str(CLASSIFY), f"run_dir={work / 'x1'}", "task=mine",
             "data.type=classification", f"data.train={bad}", "data.labels=[neg,pos]",
             f"tokenizer={tok_file}", "init_from=null", "model.preset=tiny-bert"],
            capsys, f"{bad}:2", "'maybe' is not in the label set")
@@ -207,10 +208,10 @@ def test_empty_text_and_missing_pair_side_name_file_and_line(work, tok_file, cap
                                                       "label": "0"}])
     common = ["task=mine", "data.type=pair-classification", f"tokenizer={tok_file}",
               "init_from=null", "model.preset=tiny-bert"]
-    _fails(["finetune", str(RECIPES[0]), f"run_dir={work / 'x2'}", f"data.train={empty}",
+    _fails(["finetune", str(CLASSIFY), f"run_dir={work / 'x2'}", f"data.train={empty}",
             *common], capsys, f"{empty}:4", "empty 'text'")
     half = _rows_file(work / "half.jsonl", rows + [{"text": "a", "label": "0"}])
-    _fails(["finetune", str(RECIPES[0]), f"run_dir={work / 'x3'}", f"data.train={half}",
+    _fails(["finetune", str(CLASSIFY), f"run_dir={work / 'x3'}", f"data.train={half}",
             *common], capsys, f"{half}:4", "text_pair")
 
 
@@ -219,11 +220,11 @@ def test_tokenizer_that_does_not_fit_the_checkpoint_is_refused(work, pretrained,
     big = Tokenizer.train(texts, vocab_size=600, special_tokens=SPECIAL,
                           progress=False).save(work / "big.json")
     run = pretrained("tiny-bert")
-    _fails(["finetune", str(RECIPES[0]), f"run_dir={work / 'x4'}", f"init_from={run}",
+    _fails(["finetune", str(CLASSIFY), f"run_dir={work / 'x4'}", f"init_from={run}",
             f"tokenizer={big}"], capsys, str(big), "do not match")
     small = Tokenizer.train(["x y z"] * 50, vocab_size=270, special_tokens=SPECIAL,
                             progress=False).save(work / "small.json")
-    _fails(["finetune", str(RECIPES[0]), f"run_dir={work / 'x5'}", f"init_from={run}",
+    _fails(["finetune", str(CLASSIFY), f"run_dir={work / 'x5'}", f"init_from={run}",
             f"tokenizer={small}"], capsys, str(small), "not the one")
 
 
