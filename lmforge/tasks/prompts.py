@@ -90,6 +90,21 @@ def task_fields(task_type: str) -> tuple[str, ...]:
     return ("text", "text_pair") if task_type == "pair-classification" else ("text",)
 
 
+def check_rows(rows: list[dict], where: str, task) -> None:
+    """DataError naming `where` and the row: no rows, an empty text field (and target, for
+    seq2seq tasks), or a label outside the task's labels (classification)."""
+    if not rows:
+        raise DataError(f"{where}: no examples")
+    classes = task.type != "seq2seq"
+    fields = task_fields(task.type) + (() if classes else ("target",))
+    for i, r in enumerate(rows):
+        for f in fields:
+            if not isinstance(r.get(f), str) or not r[f].strip():
+                raise DataError(f"{where}, row {i}: empty {f!r}")
+        if classes:
+            label_index(r, task.labels, f"{where}, row {i}")
+
+
 def label_words(labels: tuple[str, ...], given: Mapping[str, str] | None,
                 default: Mapping[str, str]) -> list[str]:
     """The word of each label, in label order; ConfigError names a label with no word."""

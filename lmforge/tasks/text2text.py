@@ -51,6 +51,7 @@ from .chat import check_messages
 from .chat_tuning import last_reply
 from .modes import Mode, chunks, model_device, pad
 from .prompts import (
+    check_rows,
     check_template,
     label_index,
     label_words,
@@ -133,19 +134,12 @@ class Text2Text(Mode):
     # -- data ---------------------------------------------------------------------------
 
     def check(self, rows: list[dict], where: str) -> None:
+        if not self.chat:
+            return check_rows(rows, where, self.task)
         if not rows:
             raise DataError(f"{where}: no examples")
-        if self.chat:
-            for i, r in enumerate(rows):
-                check_messages(r.get("messages"), f"{where}, row {i}")
-            return
-        fields = task_fields(self.task.type) + (() if self.classes else ("target",))
         for i, r in enumerate(rows):
-            for f in fields:
-                if not isinstance(r.get(f), str) or not r[f].strip():
-                    raise DataError(f"{where}, row {i}: empty {f!r}")
-            if self.classes:
-                label_index(r, self.task.labels, f"{where}, row {i}")
+            check_messages(r.get("messages"), f"{where}, row {i}")
 
     @staticmethod
     def history(messages: list[dict]) -> str:

@@ -45,11 +45,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..generation import GenerationConfig, generate
 from ..objectives.clm import IGNORE, CausalLM
 from .modes import Mode, chunks, model_device, pad
 from .prompts import (
+    check_rows,
     check_template,
     label_index,
     label_words,
@@ -153,15 +154,7 @@ class Verbalizer(Mode):
     # -- data ---------------------------------------------------------------------------
 
     def check(self, rows: list[dict], where: str) -> None:
-        if not rows:
-            raise DataError(f"{where}: no examples")
-        fields = task_fields(self.task.type) + (() if self.classes else ("target",))
-        for i, r in enumerate(rows):
-            for f in fields:
-                if not isinstance(r.get(f), str) or not r[f].strip():
-                    raise DataError(f"{where}, row {i}: empty {f!r}")
-            if self.classes:
-                label_index(r, self.task.labels, f"{where}, row {i}")
+        check_rows(rows, where, self.task)
 
     def prompt(self, row: dict) -> list[int]:
         """BOS + the filled template, cut so that the longest answer still fits max_len."""
