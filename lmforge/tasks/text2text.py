@@ -35,7 +35,7 @@ to each conversation's last assistant turn.
 
     options: {template: "...", label_words: {...}, predict_by: generate | rank,
               max_target_len: 64, max_new_tokens: (the longest label word, else
-              max_target_len), num_beams: 1}
+              max_target_len), num_beams: 1, no_repeat_ngram_size: 0}
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class Text2Text(Mode):
     name = "text2text"
     keeps_lm_head = True
     options_known = ("template", "label_words", "predict_by", "max_target_len",
-                     "max_new_tokens", "num_beams")
+                     "max_new_tokens", "num_beams", "no_repeat_ngram_size")
 
     def __init__(self, task, tokenizer, model_config, **kw):
         super().__init__(task, tokenizer, model_config, **kw)
@@ -124,8 +124,9 @@ class Text2Text(Mode):
         longest = max(len(a) for a in self.answers) if self.classes else self.max_target_len
         self.generation = GenerationConfig(
             max_new_tokens=int(opts.get("max_new_tokens", longest)),
-            num_beams=int(opts.get("num_beams", 1)), eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id)
+            num_beams=int(opts.get("num_beams", 1)),
+            no_repeat_ngram_size=int(opts.get("no_repeat_ngram_size", 0)),
+            eos_token_id=self.eos_id, pad_token_id=self.pad_id)
         self.invalid = 0
 
     def build_model(self, backbone: nn.Module) -> nn.Module:

@@ -37,7 +37,8 @@ Match:" with " no" / " yes"; debian-summaries (and any seq2seq task)
 
     options: {template: "...", label_words: {negative: " bad", positive: " good"},
               predict_by: rank | generate, eos: true,
-              max_target_len: 64, max_new_tokens: max_target_len (seq2seq only)}
+              max_target_len: 64, max_new_tokens: max_target_len (seq2seq only),
+              num_beams: 1, no_repeat_ngram_size: 0}
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class Verbalizer(Mode):
     name = "verbalizer"
     keeps_lm_head = True
     options_known = ("template", "label_words", "predict_by", "eos", "max_target_len",
-                     "max_new_tokens")
+                     "max_new_tokens", "num_beams", "no_repeat_ngram_size")
 
     def __init__(self, task, tokenizer, model_config, **kw):
         super().__init__(task, tokenizer, model_config, **kw)
@@ -141,7 +142,11 @@ class Verbalizer(Mode):
         self.max_target_len = int(opts.get("max_target_len", 64))
         longest = max(len(a) for a in self.answers) if self.classes else \
             self.max_target_len + len(self.end)
-        self.max_new_tokens = int(opts.get("max_new_tokens", longest))
+        self.generation = GenerationConfig(
+            max_new_tokens=int(opts.get("max_new_tokens", longest)),
+            num_beams=int(opts.get("num_beams", 1)),
+            no_repeat_ngram_size=int(opts.get("no_repeat_ngram_size", 0)),
+            eos_token_id=self.eos_id, pad_token_id=self.pad_id)
         self.budget = self.max_len - len(self.prefix) - longest
         if self.budget < 1:
             raise ConfigError(f"max_len ({self.max_len}) leaves no room for a prompt before "
@@ -208,12 +213,12 @@ class Verbalizer(Mode):
 
     @torch.no_grad()
     def generate_text(self, model: nn.Module, rows: list[dict]) -> list[str]:
-        """Greedy continuation of each prompt (up to max_new_tokens), as text."""
+        """The continuation of each prompt (greedy, or beam search with num_beams > 1; up
+        to max_new_tokens), as text."""
         from ..generation import pad_left
 
         device = model_device(model)
-        cfg = GenerationConfig(max_new_tokens=self.max_new_tokens, eos_token_id=self.eos_id,
-                               pad_token_id=self.pad_id)
+        cfg = self.generation
         texts = []
         for part in chunks(rows, self.eval_batch_size):
             ids, mask = pad_left([self.prompt(r) for r in part], self.pad_id)

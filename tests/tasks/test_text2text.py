@@ -131,8 +131,9 @@ def test_rouge_on_a_tiny_summarization_run(task):
                        for r, p in zip(rows, predictions)) / len(rows)
         assert scores[name] == pytest.approx(expected, abs=1e-12)
     assert scores["rougeL"] > 0.3  # it has learned something of the synopses
-    beams = Text2Text(summaries, bpe, cfg, max_len=96, options={"max_new_tokens": 24,
-                                                                "num_beams": 2})
+    beams = Text2Text(summaries, bpe, cfg, max_len=96, options={
+        "max_new_tokens": 24, "num_beams": 2, "no_repeat_ngram_size": 3})
+    assert (beams.generation.num_beams, beams.generation.no_repeat_ngram_size) == (2, 3)
     assert len(beams.predict(model, rows)) == 4
 
 

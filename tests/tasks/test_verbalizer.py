@@ -180,7 +180,34 @@ def test_summaries_the_target_is_the_answer(tok):
     answer = [*b" fast", EOS]  # cut to max_target_len = 5 tokens, then EOS
     assert batch["input_ids"][0].tolist() == (prompt + answer)[:-1]
     assert batch["targets"][0].tolist() == [X] * (len(prompt) - 1) + answer
-    assert mode.budget == 64 - 1 - 6 and mode.max_new_tokens == 6
+    assert mode.budget == 64 - 1 - 6 and mode.generation.max_new_tokens == 6
+
+
+def test_generation_options_reach_the_decoder(tok):
+    """no_repeat_ngram_size: no bigram twice in the tokens an untrained model writes
+    (without it, greedy decoding of random weights loops); num_beams: beam search runs."""
+    from lmforge.generation import generate, pad_left
+
+    cfg, model = gpt(tok)
+    rows = [{"text": "A web server.", "target": "x"}, {"text": "A mail reader.", "target": "y"}]
+    task = get_task("debian-summaries")
+
+    def written(mode):
+        ids, mask = pad_left([mode.prompt(r) for r in rows], mode.pad_id)
+        out = generate(model, ids, mask, mode.generation)[:, ids.shape[1]:].tolist()
+        return [row[:row.index(EOS)] if EOS in row else row for row in out]
+
+    def repeats(row):
+        return len(row) - 1 - len(set(zip(row, row[1:])))
+
+    free = Verbalizer(task, tok, cfg, max_len=96, options={"max_new_tokens": 40})
+    assert any(repeats(r) > 0 for r in written(free))
+    mode = Verbalizer(task, tok, cfg, max_len=96,
+                      options={"max_new_tokens": 40, "no_repeat_ngram_size": 2})
+    assert all(len(r) > 10 and repeats(r) == 0 for r in written(mode))
+    beams = Verbalizer(task, tok, cfg, max_len=96, options={"max_new_tokens": 8,
+                                                             "num_beams": 3})
+    assert beams.generation.num_beams == 3 and len(beams.predict(model, rows)) == 2
 
 
 def test_tiny_gpt_learns_real_summaries(tok):
