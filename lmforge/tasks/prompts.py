@@ -145,6 +145,20 @@ def match_label(text: str, words: list[str]) -> int | None:
     return None
 
 
+def labels_of_texts(texts: list[str], rows: list[dict], words: list[str],
+                    labels: tuple[str, ...]) -> tuple[list[int], int]:
+    """(the label index each generated text spells, how many spelled none): an invalid
+    text is scored as a wrong label, whatever it says."""
+    preds, invalid = [], 0
+    for r, text in zip(rows, texts):
+        k = match_label(text, words)
+        if k is None:
+            invalid += 1
+            k = wrong_label(label_index(r, labels, "row"), len(words))
+        preds.append(k)
+    return preds, invalid
+
+
 def wrong_label(gold: int, num_labels: int) -> int:
     """A label that is not `gold`: where an invalid generation is scored (1 - gold for
     binary tasks, as T5's f1_score_with_invalid)."""

@@ -55,11 +55,10 @@ from .prompts import (
     check_template,
     label_index,
     label_words,
-    match_label,
+    labels_of_texts,
     render_ids,
     row_fields,
     task_fields,
-    wrong_label,
 )
 
 TEMPLATES = {
@@ -244,13 +243,7 @@ class Text2Text(Mode):
         texts = self.generate_text(model, rows)
         if not self.classes:
             return texts
-        preds, self.invalid = [], 0
-        for r, text in zip(rows, texts):
-            k = match_label(text, self.words)
-            if k is None:  # spells no label: wrong, whatever it is
-                self.invalid += 1
-                k = wrong_label(label_index(r, self.task.labels, "row"), len(self.words))
-            preds.append(k)
+        preds, self.invalid = labels_of_texts(texts, rows, self.words, self.task.labels)
         return preds
 
     def references(self, rows: list[dict]) -> list:

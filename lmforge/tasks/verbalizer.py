@@ -55,11 +55,10 @@ from .prompts import (
     check_template,
     label_index,
     label_words,
-    match_label,
+    labels_of_texts,
     render_ids,
     row_fields,
     task_fields,
-    wrong_label,
 )
 
 TEMPLATES = {
@@ -238,13 +237,7 @@ class Verbalizer(Mode):
         texts = self.generate_text(model, rows)
         if not self.classes:
             return [t.strip() for t in texts]
-        preds, self.invalid = [], 0
-        for r, text in zip(rows, texts):
-            k = match_label(text, self.words)
-            if k is None:
-                self.invalid += 1
-                k = wrong_label(label_index(r, self.task.labels, "row"), len(self.words))
-            preds.append(k)
+        preds, self.invalid = labels_of_texts(texts, rows, self.words, self.task.labels)
         return preds
 
     def references(self, rows: list[dict]) -> list:
