@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
 from ..models.heads import ClassificationHead, TaskModel
-from .modes import Mode, chunks, model_device, pad
+from .modes import Mode, boundary_ids, chunks, model_device, pad
 
 
 class Classify(Mode):
@@ -46,21 +46,7 @@ class Classify(Mode):
         self.num_labels = task.num_labels
         arch = model_config.arch
         tok = tokenizer
-        if arch == "encoder":
-            start = tok.cls_id if tok.cls_id is not None else tok.bos_id
-            sep = tok.sep_id if tok.sep_id is not None else tok.eos_id
-            if start is None or sep is None:
-                raise ConfigError(
-                    "an encoder needs [CLS] and [SEP] (or <s> and </s>) special tokens to "
-                    f"mark segments; tokenizer {tok!r} has neither")
-            self.prefix, self.sep = [start], [sep]
-        else:
-            if tok.eos_id is None:
-                raise ConfigError(f"a {arch} classifier needs an end-of-text token; "
-                                  f"tokenizer {tok!r} has none")
-            bos = tok.bos_id
-            self.prefix = [bos] if bos is not None and bos != tok.eos_id else []
-            self.sep = [tok.eos_id]
+        self.prefix, self.sep = boundary_ids(tok, arch, "mode 'classify'")
         self.eos_id = self.sep[0]
         self.pad_id = tok.pad_id if tok.pad_id is not None else (model_config.pad_token_id or 0)
         self.use_types = arch == "encoder" and model_config.type_vocab_size >= 2

@@ -106,6 +106,28 @@ def default_mode(task_type: str, arch: str | None = None) -> str:
     return DEFAULT_MODES[task_type]
 
 
+def boundary_ids(tokenizer, arch: str, who: str) -> tuple[list[int], list[int]]:
+    """(prefix, separator) ids around a head mode's text segments:
+
+        encoder            [CLS] ... [SEP]   (RoBERTa's <s> ... </s> where there is no [CLS])
+        decoder, seq2seq   [BOS] ... EOS     ([BOS] only where it is not EOS itself)
+
+    ConfigError naming `who` (the mode) when the tokenizer lacks them."""
+    tok = tokenizer
+    if arch == "encoder":
+        start = tok.cls_id if tok.cls_id is not None else tok.bos_id
+        sep = tok.sep_id if tok.sep_id is not None else tok.eos_id
+        if start is None or sep is None:
+            raise ConfigError(f"{who} on an encoder needs [CLS] and [SEP] (or <s> and </s>) "
+                              f"special tokens to mark segments; tokenizer {tok!r} has neither")
+        return [start], [sep]
+    if tok.eos_id is None:
+        raise ConfigError(f"{who} on a {arch} needs an end-of-text token; tokenizer {tok!r} "
+                          "has none")
+    bos = tok.bos_id
+    return ([bos] if bos is not None and bos != tok.eos_id else []), [tok.eos_id]
+
+
 def pad(rows: list[list[int]], value: int, left: bool = False) -> Tensor:
     """(B, T) long tensor of `rows` padded with `value` to the longest (right by default)."""
     T = max(len(r) for r in rows)

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
 from ..models.heads import SpanHead, TaskModel
-from .modes import Mode, chunks, model_device, pad
+from .modes import Mode, boundary_ids, chunks, model_device, pad
 
 _PIECE = re.compile(r"\w+|[^\w\s]")
 
@@ -69,20 +69,7 @@ class SpanQA(Mode):
         if task.type != "qa":
             raise ConfigError(f"mode 'qa' does not fit task type {task.type!r}")
         tok = tokenizer
-        if model_config.arch == "encoder":
-            start = tok.cls_id if tok.cls_id is not None else tok.bos_id
-            sep = tok.sep_id if tok.sep_id is not None else tok.eos_id
-            if start is None or sep is None:
-                raise ConfigError("an encoder needs [CLS] and [SEP] (or <s> and </s>) special "
-                                  f"tokens; tokenizer {tok!r} has neither")
-            self.prefix, self.sep = [start], [sep]
-        else:
-            if tok.eos_id is None:
-                raise ConfigError(f"span QA on a {model_config.arch} needs an end-of-text "
-                                  f"token; {tok!r} has none")
-            bos = tok.bos_id
-            self.prefix = [bos] if bos is not None and bos != tok.eos_id else []
-            self.sep = [tok.eos_id]
+        self.prefix, self.sep = boundary_ids(tok, model_config.arch, "mode 'qa'")
         self.pad_id = tok.pad_id if tok.pad_id is not None else (model_config.pad_token_id or 0)
         self.use_types = model_config.arch == "encoder" and model_config.type_vocab_size >= 2
         self.max_answer_tokens = int(self.options.get("max_answer_tokens", 30))

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, DataError
 from ..models.heads import TaskModel, TokenClassificationHead
 from ..objectives.clm import IGNORE
-from .modes import Mode, chunks, model_device, pad
+from .modes import Mode, boundary_ids, chunks, model_device, pad
 from .tagging import align, word_predictions
 
 
@@ -39,20 +39,11 @@ class Tag(Mode):
         if task.type != "tagging":
             raise ConfigError(f"mode 'tag' does not fit task type {task.type!r}")
         tok, arch = tokenizer, model_config.arch
-        bos = tok.bos_id if tok.bos_id is not None and tok.bos_id != tok.eos_id else None
-        if arch == "encoder":
-            start = tok.cls_id if tok.cls_id is not None else tok.bos_id
-            end = tok.sep_id if tok.sep_id is not None else tok.eos_id
-            if start is None or end is None:
-                raise ConfigError("an encoder needs [CLS] and [SEP] (or <s> and </s>) special "
-                                  f"tokens; tokenizer {tok!r} has neither")
-            self.prefix, self.suffix = [start], [end]
-        elif arch == "decoder":
+        if arch == "decoder":  # [BOS] words: nothing after them (a causal tagger)
+            bos = tok.bos_id if tok.bos_id is not None and tok.bos_id != tok.eos_id else None
             self.prefix, self.suffix = ([bos] if bos is not None else []), []
         else:
-            if tok.eos_id is None:
-                raise ConfigError(f"a seq2seq tagger needs an end-of-text token; {tok!r} has none")
-            self.prefix, self.suffix = ([bos] if bos is not None else []), [tok.eos_id]
+            self.prefix, self.suffix = boundary_ids(tok, arch, "mode 'tag'")
         self.pad_id = tok.pad_id if tok.pad_id is not None else (model_config.pad_token_id or 0)
         self.labels = list(task.labels)
         self.dropout = float(self.options.get("classifier_dropout", 0.1))

@@ -65,6 +65,23 @@ def test_registry_and_defaults():
         get_mode("nope")
 
 
+@pytest.mark.parametrize("name,task", [("classify", "rotten-tomatoes"), ("qa", "wiki-qa"),
+                                       ("tag", "wnut16")])
+def test_head_modes_refuse_a_tokenizer_without_boundary_tokens(name, task):
+    bare = Tokenizer.train([TEXT], vocab_size=280, special_tokens=[], progress=False)
+    with pytest.raises(ConfigError, match=rf"mode '{name}' on an encoder needs \[CLS\] and "
+                                          r"\[SEP\] \(or <s> and </s>\)"):
+        _mode(name, get_task(task), bare, "tiny-bert")
+    with pytest.raises(ConfigError, match=rf"mode '{name}' on a seq2seq needs an end-of-text"):
+        _mode(name, get_task(task), bare, "tiny-bart")
+    decoder = (lambda: _mode(name, get_task(task), bare, "tiny-gpt2"))
+    if name == "tag":  # a causal tagger ends with the last word: no EOS needed
+        assert decoder().suffix == [] and decoder().prefix == []
+    else:
+        with pytest.raises(ConfigError, match=rf"mode '{name}' on a decoder needs an end-of"):
+            decoder()
+
+
 def test_encoder_pair_layout_has_cls_seps_and_token_types(tok):
     m = _mode("classify", _pair_task(), tok)
     a, b = tok.encode_ordinary("great fun"), tok.encode_ordinary("A fine film")
