@@ -48,7 +48,6 @@ from ..generation import GenerationConfig, generate
 from ..models.seq2seq import shift_right
 from ..objectives.clm import IGNORE, clm_loss
 from .chat import check_messages
-from .chat_tuning import last_reply
 from .modes import Mode, chunks, model_device, pad
 from .prompts import (
     check_rows,
@@ -156,7 +155,7 @@ class Text2Text(Mode):
             messages = r["messages"]
             turns = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
             if not turns:
-                last_reply(messages, f"row {i}")  # raises: no assistant turn
+                raise DataError(f"row {i}: no assistant turn, nothing to learn from")
             for k in turns[-1:] if last_only else turns:
                 out.append({"text": self.history(messages[:k]),
                             "target": messages[k]["content"]})
