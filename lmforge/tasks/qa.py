@@ -176,10 +176,6 @@ class SpanQA(Mode):
                         "spans": spans[w0:w1], "offset": offset, "start": start, "end": end})
         return out
 
-    def encode(self, row: dict) -> dict:
-        """The first feature: the context truncated to one window."""
-        return self.features(row)[0]
-
     def batch(self, feats: list[dict]) -> dict[str, Tensor]:
         """(F, T) ids and mask (and token types) of F features, right-padded."""
         out = {

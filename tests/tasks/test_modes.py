@@ -74,12 +74,12 @@ def test_head_modes_refuse_a_tokenizer_without_boundary_tokens(name, task):
         _mode(name, get_task(task), bare, "tiny-bert")
     with pytest.raises(ConfigError, match=rf"mode '{name}' on a seq2seq needs an end-of-text"):
         _mode(name, get_task(task), bare, "tiny-bart")
-    decoder = (lambda: _mode(name, get_task(task), bare, "tiny-gpt2"))
     if name == "tag":  # a causal tagger ends with the last word: no EOS needed
-        assert decoder().suffix == [] and decoder().prefix == []
+        m = _mode(name, get_task(task), bare, "tiny-gpt2")
+        assert m.suffix == [] and m.prefix == []
     else:
         with pytest.raises(ConfigError, match=rf"mode '{name}' on a decoder needs an end-of"):
-            decoder()
+            _mode(name, get_task(task), bare, "tiny-gpt2")
 
 
 def test_encoder_pair_layout_has_cls_seps_and_token_types(tok):
@@ -169,7 +169,7 @@ def test_span_targets_point_at_the_gold_answer(tok):
     rows = load_task("wiki-qa")["val"]
     m = _mode("qa", task, tok, max_len=1024, max_seq_len=1024)  # a 300-token vocab: long
     for row in rows:
-        enc = m.encode(row)
+        enc = m.features(row)[0]  # the first window
         s, e = enc["start"] - enc["offset"], enc["end"] - enc["offset"]
         assert 0 <= s <= e
         text = row["context"][enc["spans"][s][0]:enc["spans"][e][1]]
@@ -183,7 +183,7 @@ def test_span_answer_cut_by_the_window_points_at_position_zero(tok):
     context = "Anarchism is a political philosophy . " * 5 + "It opened in 1931 ."
     row = {"question": "When?", "context": context, "answers": ["1931"],
            "answer_starts": [context.index("1931")]}
-    enc = m.encode(row)
+    enc = m.features(row)[0]  # the first window
     assert len(enc["input_ids"]) == 16 and (enc["start"], enc["end"]) == (0, 0)
 
 
@@ -233,7 +233,6 @@ def test_qa_long_context_windows_overlap_by_doc_stride_and_reach_its_end(tok):
     # "j-k-l" is tokens 18..22: window 1 (8..18) holds only its start, so points at 0
     assert [(f["start"], f["end"]) for f in m.features(_letters_row("j-k-l"))] == \
         [(0, 0), (0, 0), (4 + 2, 4 + 6), (0, 0), (0, 0)]
-    assert m.encode(_letters_row("p-q")) == feats[0]  # encode: the first window
     assert _mode("qa", get_task("wiki-qa"), tok, max_len=16).doc_stride == 4  # max_len // 4
 
 
