@@ -8,6 +8,7 @@ ever left behind (outputs are written to a temporary name, then renamed).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -323,12 +324,16 @@ def cmd_convert(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lmforge", description="Pretrain and fine-tune Transformer LMs.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    p.add_argument("--verbose", action="store_true", help="list every file skipped, and why")
     sub = p.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
     sub.required = True
 
     def add(name, fn, sp=sub):
         q = sp.add_parser(name, help=fn.__doc__.splitlines()[0], description=fn.__doc__)
         q.set_defaults(fn=fn)
+        # also after the command (SUPPRESS: the subparser leaves `lmforge --verbose X` be)
+        q.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="list every file skipped when reading folders, and why")
         return q
 
     add("datasets", cmd_datasets)
@@ -406,9 +411,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _log_to_stderr(verbose: bool) -> logging.Handler:
+    """lmforge's notes (files read / skipped, ...) as plain lines on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("lmforge")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    return handler
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    handler = _log_to_stderr(args.verbose)
     try:
         return args.fn(args) or 0
     except LmforgeError as e:
@@ -424,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logging.getLogger("lmforge").removeHandler(handler)
 
 
 if __name__ == "__main__":

@@ -93,3 +93,29 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path):
     assert not (tmp_path / "sh").exists()
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert leftovers == []
+
+
+def test_folders_are_read_whole_and_skipped_files_are_named(tmp_path):
+    src = tmp_path / "src"
+    (src / "lib").mkdir(parents=True)
+    for i in range(6):
+        (src / "lib" / f"m{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * 30)
+    (src / "Apache-2.0").write_text("Apache License, Version 2.0. " * 40)
+    (src / "MPL-2.0").write_text("Mozilla Public License Version 2.0. " * 40)
+    (src / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
+    (src / ".hidden").write_text("never read")
+    tok = tmp_path / "tok.json"
+    r = lmforge("tokenizer", "train", "--corpus", src, "--vocab-size", "300", "--out", tok,
+                "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "on 8 documents" in r.stdout
+    assert r.stderr.splitlines() == [
+        f"{src}: read 8 files (8 documents); skipped 2: 1 binary (NUL bytes), 1 hidden "
+        "(--verbose lists them)"
+    ]
+    r = lmforge("tokenize", "--corpus", src, "--tokenizer", tok, "--out", tmp_path / "sh",
+                "--verbose")
+    assert r.returncode == 0, r.stderr
+    assert "tokenized 8 documents" in r.stdout
+    assert r.stderr.splitlines()[1:] == ["  skipped .hidden: hidden",
+                                         "  skipped logo.png: binary (NUL bytes)"]
