@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import LmforgeError
 
 
@@ -323,6 +324,7 @@ def cmd_convert(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lmforge", description="Pretrain and fine-tune Transformer LMs.")
+    p.add_argument("--version", action="version", version=f"lmforge {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     p.add_argument("--verbose", action="store_true", help="list every file skipped, and why")
     sub = p.add_subparsers(dest="command", metavar="command", parser_class=_Parser)

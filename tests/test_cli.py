@@ -119,3 +119,10 @@ def test_folders_are_read_whole_and_skipped_files_are_named(tmp_path):
     assert "tokenized 8 documents" in r.stdout
     assert r.stderr.splitlines()[1:] == ["  skipped .hidden: hidden",
                                          "  skipped logo.png: binary (NUL bytes)"]
+
+
+def test_version():
+    from lmforge import __version__
+
+    r = lmforge("--version")
+    assert r.returncode == 0 and r.stdout == f"lmforge {__version__}\n", r.stderr
