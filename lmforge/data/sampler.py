@@ -5,6 +5,19 @@ The token stream (one or more shard arrays) is cut into non-overlapping windows 
 epoch. Each epoch visits the windows in a fresh order drawn from (seed, epoch). The
 whole state is two integers, (epoch, position), so a resumed run sees exactly the
 batches an uninterrupted one would have.
+
+Several processes (ranks) share one order. Step `position`'s global batch is the next
+G = batch_size x world_size windows of the epoch's order, and rank r takes its r-th
+slice of B = batch_size:
+
+    global batch   order[position * G : (position + 1) * G]
+    rank r         order[position * G + r * B : position * G + (r + 1) * B]
+
+so the union of the ranks' batches at a step is exactly the batch one process with
+batch_size G draws, and a multi-process run is comparable number for number with a
+single-process one. `position` counts global batches, so the state is the same on every
+rank and a run resumes on another world size as long as G is unchanged (another G would
+put the step's windows elsewhere: refused).
 """
 
 from __future__ import annotations
@@ -38,8 +51,8 @@ def _gather(arrays, which, starts, seq_len) -> np.ndarray:
 class ChunkSampler:
     """Shuffled batches (B, seq_len + 1) of windows; inputs = [:, :-1], targets = [:, 1:].
 
-    With `world_size > 1` each rank takes every world_size-th window of the shared
-    permutation (trimmed to equal length), so ranks never see the same window.
+    With `world_size > 1` rank `rank` takes its slice of each global batch (module
+    docstring); ranks never see the same window in an epoch.
     """
 
     def __init__(
@@ -58,8 +71,10 @@ class ChunkSampler:
         self.seq_len, self.batch_size = seq_len, batch_size
         self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
         self._which, self._starts = _windows(self.arrays, seq_len)
-        per_rank = len(self._which) // world_size
-        self.batches_per_epoch = per_rank // batch_size
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} is not in 0 .. world_size - 1 = {world_size - 1}")
+        self.global_batch = batch_size * world_size  # G windows per step, all ranks together
+        self.batches_per_epoch = len(self._which) // self.global_batch
         if self.batches_per_epoch == 0:
             tokens = sum(len(a) for a in self.arrays)
             raise DataError(
@@ -72,20 +87,18 @@ class ChunkSampler:
 
     def _epoch_order(self) -> np.ndarray:
         n = len(self._which)
-        order = (
-            np.random.default_rng([self.seed, self.epoch]).permutation(n)
-            if self.shuffle else np.arange(n)
-        )
-        per_rank = n // self.world_size
-        return order[self.rank :: self.world_size][:per_rank]
+        if self.shuffle:
+            return np.random.default_rng([self.seed, self.epoch]).permutation(n)
+        return np.arange(n)
 
     def next_batch(self) -> np.ndarray:
         if self.position >= self.batches_per_epoch:
             self.epoch, self.position, self._order = self.epoch + 1, 0, None
         if self._order is None:
             self._order = self._epoch_order()
-        b = self.batch_size
-        idx = self._order[self.position * b : (self.position + 1) * b]
+        # this rank's slice of the step's global batch order[position*G : (position+1)*G]
+        lo = self.position * self.global_batch + self.rank * self.batch_size
+        idx = self._order[lo : lo + self.batch_size]
         self.position += 1
         return _gather(self.arrays, self._which[idx], self._starts[idx], self.seq_len)
 
@@ -94,11 +107,24 @@ class ChunkSampler:
             yield self.next_batch()
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+        """The same on every rank: position counts global batches."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "world_size": self.world_size, "global_batch": self.global_batch}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume at (epoch, position). A state saved with another world size resumes
+        exactly when the global batch G is the same (position counts global batches);
+        another G is refused. A state without `global_batch` (saved before multi-process
+        training) is taken as it is, as before."""
         if state.get("seed", self.seed) != self.seed:
             raise DataError(f"sampler state has seed {state['seed']}, this run {self.seed}")
+        g = state.get("global_batch", self.global_batch)
+        if g != self.global_batch:
+            w = state.get("world_size", 1)
+            raise DataError(
+                f"sampler state is from a global batch of {g} windows ({g // w} x {w} "
+                f"processes), this run's is {self.global_batch} ({self.batch_size} x "
+                f"{self.world_size}): resume with batch_size x world_size = {g}")
         self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None
 
 

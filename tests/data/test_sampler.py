@@ -80,3 +80,71 @@ def test_eval_batches_are_fixed_and_in_order():
     np.testing.assert_array_equal(batches[0][0], np.arange(11))
     np.testing.assert_array_equal(batches[2][0], np.arange(80, 91))
     assert len(list(eval_batches(arrays, 10, 4, max_batches=1))) == 1
+
+
+# -- several processes: rank r's slice of each step's global batch ------------------------
+
+
+def test_world_size_one_draws_the_batches_it_always_drew():
+    # first window start of each row, as the single-process sampler drew them before
+    # the multi-process rule (20 steps: one epoch of 16 and the start of the next)
+    before = [[116, 24, 156], [192, 68, 120], [128, 104, 92], [36, 132, 88], [48, 124, 8],
+              [72, 144, 168], [164, 136, 108], [28, 112, 172], [176, 80, 44], [52, 76, 152],
+              [140, 96, 100], [12, 32, 196], [84, 4, 64], [188, 56, 16], [20, 60, 40],
+              [180, 0, 148], [196, 136, 128], [156, 180, 24], [76, 48, 160], [188, 56, 100]]
+    s = ChunkSampler([stream(203)], seq_len=4, batch_size=3, seed=5)
+    assert s.batches_per_epoch == 16
+    assert [s.next_batch()[:, 0].tolist() for _ in range(20)] == before
+
+
+def test_ranks_batches_together_are_the_single_process_global_batch():
+    arrays = [stream(403), stream(150, start=1000)]
+    B, W = 3, 2
+    one = ChunkSampler(arrays, seq_len=4, batch_size=B * W, seed=9)
+    ranks = [ChunkSampler(arrays, seq_len=4, batch_size=B, seed=9, rank=r, world_size=W)
+             for r in range(W)]
+    assert all(s.batches_per_epoch == one.batches_per_epoch == 137 // 6 for s in ranks)
+    for _ in range(2 * one.batches_per_epoch + 3):  # across two epoch boundaries
+        parts = [s.next_batch() for s in ranks]
+        np.testing.assert_array_equal(np.concatenate(parts), one.next_batch())
+        assert all(s.state_dict() == ranks[0].state_dict() for s in ranks)
+
+
+def test_resume_on_another_world_size_with_the_same_global_batch():
+    arrays = [stream(803)]
+    two = [ChunkSampler(arrays, seq_len=4, batch_size=4, seed=2, rank=r, world_size=2)
+           for r in range(2)]
+    for _ in range(45):  # past the first epoch (200 windows / 8 = 25 steps)
+        for s in two:
+            s.next_batch()
+    state = two[0].state_dict()
+    assert state["world_size"] == 2 and state["global_batch"] == 8
+    four = [ChunkSampler(arrays, seq_len=4, batch_size=2, seed=2, rank=r, world_size=4)
+            for r in range(4)]
+    one = ChunkSampler(arrays, seq_len=4, batch_size=8, seed=2)
+    for s in [*four, one]:
+        s.load_state_dict(dict(state))
+    for _ in range(10):
+        want = np.concatenate([s.next_batch() for s in two])
+        np.testing.assert_array_equal(np.concatenate([s.next_batch() for s in four]), want)
+        np.testing.assert_array_equal(one.next_batch(), want)
+
+
+def test_resume_with_another_global_batch_is_refused():
+    state = ChunkSampler([stream(803)], seq_len=4, batch_size=4, seed=2, rank=1,
+                         world_size=2).state_dict()
+    s = ChunkSampler([stream(803)], seq_len=4, batch_size=4, seed=2)
+    with pytest.raises(DataError, match=r"global batch of 8 windows \(4 x 2 processes\), "
+                                        r"this run's is 4 \(4 x 1\)"):
+        s.load_state_dict(state)
+
+
+def test_a_state_saved_before_world_sizes_still_resumes():
+    s = ChunkSampler([stream(500)], seq_len=5, batch_size=4, seed=11)
+    s.load_state_dict({"epoch": 1, "position": 3, "seed": 11})
+    assert (s.epoch, s.position) == (1, 3)
+
+
+def test_rank_outside_the_world_is_refused():
+    with pytest.raises(DataError, match="rank 2"):
+        ChunkSampler([stream(500)], seq_len=5, batch_size=4, rank=2, world_size=2)
