@@ -112,7 +112,7 @@ class Decoder(nn.Module):
 
     def forward(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         past_key_values: KVCache | None = None,
@@ -120,6 +120,7 @@ class Decoder(nn.Module):
         logits_to_keep: int = 0,
         cache: KVCache | None = None,
         segment_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
     ) -> CausalLMOutput:
         """input_ids (B, T); attention_mask (B, past + T), 1 = real token, 0 = padding.
 
@@ -129,10 +130,14 @@ class Decoder(nn.Module):
         `cache` is another name for `past_key_values` (the transformers 5.x spelling).
         `segment_ids` (B, T) marks packed sequences: a token attends only to earlier
         tokens of its own segment (pass each sequence's `position_ids` with it).
+        `inputs_embeds` (B, T, d) replaces the token embeddings of `input_ids` (pass None
+        for those); scaling and positions apply as to looked-up embeddings (prompt tuning
+        prepends learned vectors this way, lmforge/peft/prompts.py).
         """
         config = self.config
         past_key_values = past_key_values if past_key_values is not None else cache
-        B, T = input_ids.shape
+        B, T = (input_ids if inputs_embeds is None else inputs_embeds).shape[:2]
+        device = (input_ids if inputs_embeds is None else inputs_embeds).device
         if use_cache and past_key_values is None:
             past_key_values = KVCache(config.n_layer)
         past = past_key_values.length if past_key_values is not None else 0
@@ -146,9 +151,9 @@ class Decoder(nn.Module):
                 f"sequence of {past + T} tokens is longer than max_seq_len={config.max_seq_len}"
             )
         if position_ids is None:
-            position_ids = positions_from_mask(attention_mask, past, T, input_ids.device)
+            position_ids = positions_from_mask(attention_mask, past, T, device)
 
-        x = self.tok_embed(input_ids)  # (B, T, d)
+        x = self.tok_embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, d)
         if self.embed_scale is not None:
             x = x * self.embed_scale  # Gemma: embeddings * sqrt(d)
         if self.pos_embed is not None:

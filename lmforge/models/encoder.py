@@ -36,6 +36,7 @@ from .heads import MLMHead, Pooler, RTDHead, pair_head
 from .layers import (
     ACTIVATIONS,
     Block,
+    KVCache,
     LayerNorm,
     attention_mask_4d,
     init_normal_,
@@ -123,14 +124,22 @@ class Encoder(nn.Module):
 
     def forward(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None,
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        past_key_values: KVCache | None = None,
     ) -> EncoderOutput:
         """input_ids (B, T); attention_mask (B, T), 1 = real token, 0 = padding;
-        token_type_ids (B, T), the segment (0 = A, 1 = B), zeros when not given."""
-        x = self.encode(input_ids, attention_mask, token_type_ids, position_ids)
+        token_type_ids (B, T), the segment (0 = A, 1 = B), zeros when not given.
+        `inputs_embeds` and `past_key_values`: see `encode`."""
+        x = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
+                        inputs_embeds, past_key_values)  # fmt: skip
+        return self.heads(x)
+
+    def heads(self, x: Tensor) -> EncoderOutput:
+        """The pooler and the head(s) on final hidden states x (B, T, d)."""
         out = EncoderOutput(last_hidden_state=x)
         if self.pooler is not None:
             out.pooler_output = self.pooler(x)
@@ -150,33 +159,46 @@ class Encoder(nn.Module):
 
     def encode(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None,
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        past_key_values: KVCache | None = None,
     ) -> Tensor:
         """The final hidden states (B, T, d), no head: for objectives that apply a head to
-        some positions only (masked LM scores the ~15% masked ones)."""
+        some positions only (masked LM scores the ~15% masked ones).
+
+        `inputs_embeds` (B, T, E) replaces the token embeddings of `input_ids` (positions
+        then count 0 .. T-1, or from pad_token_id + 1 in RoBERTa, as in transformers).
+        `past_key_values`: a KVCache holding keys / values every token also attends to
+        (prefix-tuning's per-layer prefixes); positions then start after them and
+        attention_mask is (B, past + T)."""
         config = self.config
-        B, T = input_ids.shape
-        if attention_mask is not None and attention_mask.shape != (B, T):
-            raise ValueError(
-                f"attention_mask must be (batch, seq) = {(B, T)}, got {tuple(attention_mask.shape)}"
-            )
+        source = input_ids if inputs_embeds is None else inputs_embeds
+        B, T = source.shape[:2]
+        past = past_key_values.length if past_key_values is not None else 0
+        if attention_mask is not None and attention_mask.shape != (B, past + T):
+            raise ValueError(f"attention_mask must be (batch, past + seq) = {(B, past + T)}, "
+                             f"got {tuple(attention_mask.shape)}")  # fmt: skip
         if position_ids is None:
-            if config.position_offset is not None:
-                position_ids = roberta_positions(input_ids, config.pad_token_id)
+            if config.position_offset is not None and input_ids is not None:
+                real = input_ids != config.pad_token_id
+                position_ids = roberta_positions(input_ids, config.pad_token_id) + past * real
             else:
-                position_ids = torch.arange(T, device=input_ids.device)[None]  # (1, T)
+                roberta = config.position_offset is not None
+                start = past + (config.pad_token_id + 1 if roberta else 0)
+                position_ids = torch.arange(start, start + T, device=source.device)[None]  # (1, T)
         if int(position_ids.max()) >= config.max_seq_len:
             raise ValueError(
                 f"position {int(position_ids.max())} is beyond max_seq_len={config.max_seq_len}"
             )
 
-        x = self.tok_embed(input_ids) + self.pos_embed(position_ids)  # (B, T, E)
+        x = self.tok_embed(input_ids) if inputs_embeds is None else inputs_embeds
+        x = x + self.pos_embed(position_ids)  # (B, T, E)
         if self.type_embed is not None:
             if token_type_ids is None:
-                token_type_ids = torch.zeros_like(input_ids)
+                token_type_ids = torch.zeros((B, T), dtype=torch.long, device=x.device)
             x = x + self.type_embed(token_type_ids)
         x = self.drop(self.embed_norm(x))
         if self.embed_proj is not None:
@@ -186,8 +208,9 @@ class Encoder(nn.Module):
 
         for i in range(config.n_layer):
             block = self.blocks[0 if config.share_layers else i]
+            cache = past_key_values.layers[i] if past_key_values is not None else None
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, mask, use_reentrant=False)
+                x = checkpoint(block, x, mask, False, None, cache, use_reentrant=False)
             else:
-                x = block(x, mask)
+                x = block(x, mask, False, None, cache)
         return self.norm_out(x)

@@ -246,22 +246,26 @@ class Seq2Seq(nn.Module):
 
     # --- forward ------------------------------------------------------------------------
 
-    def _embed(self, ids: Tensor, pos: nn.Embedding | None, norm: nn.Module | None, past: int):
-        x = self.tok_embed(ids)  # (B, T, d)
+    def _embed(self, ids: Tensor | None, pos: nn.Embedding | None, norm: nn.Module | None,
+               past: int, embeds: Tensor | None = None):  # fmt: skip
+        x = self.tok_embed(ids) if embeds is None else embeds  # (B, T, d)
         if self.embed_scale is not None:
             x = x * self.embed_scale  # BART scale_embedding: * sqrt(d)
         if pos is not None:  # BART: learned positions, row = position + offset (2)
-            x = x + pos(torch.arange(past, past + ids.shape[1], device=ids.device) + self.offset)
+            x = x + pos(torch.arange(past, past + x.shape[1], device=x.device) + self.offset)
         if norm is not None:
             x = norm(x)  # BART's layernorm_embedding
         return self.drop(x)
 
-    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> EncoderOutput:
-        """The memory: (B, S, d) hidden states of the source (bidirectional attention)."""
-        B, S = input_ids.shape
+    def encode(self, input_ids: Tensor | None, attention_mask: Tensor | None = None,
+               inputs_embeds: Tensor | None = None) -> EncoderOutput:  # fmt: skip
+        """The memory: (B, S, d) hidden states of the source (bidirectional attention).
+        `inputs_embeds` (B, S, d) replaces the token embeddings of `input_ids` (prompt
+        tuning prepends learned vectors this way)."""
+        B, S = (input_ids if inputs_embeds is None else inputs_embeds).shape[:2]
         if self.enc_pos is not None and S > self.config.max_seq_len:
             raise ValueError(f"source of {S} tokens is longer than max_seq_len")
-        x = self._embed(input_ids, self.enc_pos, self.enc_embed_norm, 0)
+        x = self._embed(input_ids, self.enc_pos, self.enc_embed_norm, 0, inputs_embeds)
         allowed = None
         if attention_mask is not None and not bool(attention_mask.all()):
             allowed = attention_mask[:, None, None, :].bool()  # (B, 1, 1, S): real keys
