@@ -31,6 +31,14 @@ Semantics follow `transformers.generate`, so greedy and beam search give the sam
 followed the last n-gram earlier in the text and checks them in one forward: the output is
 still the greedy output, in fewer forwards when the text repeats itself.
 
+Past the context: greedy decoding and sampling on a decoder go on past `max_seq_len` as
+nanoGPT does: once the sequence is longer than the context, each step re-runs the model on
+the last `max_seq_len` tokens (positions from 0 again), and a note says so once on the
+"lmforge.generation" logger. The prompt itself must fit. (Trimming a KV cache instead is
+not the same: a kept token's keys in deeper layers were computed while it still saw the
+dropped tokens, and window attention without them degrades, StreamingLLM, Xiao et al.
+2023.) Beam search and prompt lookup stay within the context.
+
 Stop strings need a `decode(token_ids) -> str` callback (e.g. `tokenizer.decode`): after
 each step the newly generated text is decoded and a sequence stops once it contains one
 of `stop_strings`. The returned tokens still include the stop string (as in transformers);
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -52,6 +61,7 @@ from .errors import ConfigError, LmforgeError
 from .models.layers import KVCache
 
 NEG_INF = -1.0e9  # "impossible" score for beams, as in transformers
+log = logging.getLogger("lmforge.generation")
 
 
 @dataclass
@@ -235,7 +245,16 @@ def _resolve(model: nn.Module, cfg: GenerationConfig) -> tuple[Tensor, int]:
     return torch.tensor(eos_ids, dtype=torch.long), pad
 
 
-def _check_prompt(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, n: int):
+def _sliding_window(model: nn.Module, cfg: GenerationConfig) -> int | None:
+    """The context that greedy decoding / sampling slides over: a decoder's max_seq_len."""
+    config = getattr(model, "config", None)
+    if getattr(config, "arch", None) != "decoder" or cfg.num_beams > 1 or cfg.prompt_lookup_tokens:
+        return None
+    return getattr(config, "max_seq_len", None)
+
+
+def _check_prompt(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, n: int,
+                  window: int | None = None):
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise LmforgeError("the prompt is empty: give at least one token")
     if attention_mask is not None:
@@ -245,6 +264,11 @@ def _check_prompt(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | 
             raise LmforgeError("batched prompts must be padded on the left (see pad_left)")
         if not bool(attention_mask.sum(-1).gt(0).all()):
             raise LmforgeError("the prompt is empty: give at least one token")
+    if window is not None:  # generation slides past the context; the prompt must fit
+        if input_ids.shape[1] > window:
+            raise LmforgeError(f"the prompt ({input_ids.shape[1]} tokens) is longer than "
+                               f"the model's context of {window} tokens")
+        return
     config = getattr(model, "config", None)
     max_len = getattr(config, "max_seq_len", None)
     if max_len is not None and getattr(config, "positions", "rope") in ("learned", "sinusoidal"):
@@ -282,7 +306,8 @@ def generate(
         attention_mask = None
     if cfg.stop_strings and decode is None:
         raise ConfigError("generation.stop_strings: needs a decode function (token ids -> text)")
-    _check_prompt(model, input_ids, attention_mask, cfg.max_new_tokens)
+    window = _sliding_window(model, cfg)
+    _check_prompt(model, input_ids, attention_mask, cfg.max_new_tokens, window)
     if attention_mask is not None and bool(attention_mask.all()):
         attention_mask = None  # no padding: let attention take its mask-free fast path
     eos, pad = _resolve(model, cfg)
@@ -293,7 +318,7 @@ def generate(
             return _beam_search(model, input_ids, attention_mask, cfg, eos, pad, stop)
         if cfg.prompt_lookup_tokens and input_ids.shape[0] == 1 and cfg.use_cache:
             return _prompt_lookup(model, input_ids, cfg, eos, stop)
-        return _sample(model, input_ids, attention_mask, cfg, eos, pad, stop, generator)
+        return _sample(model, input_ids, attention_mask, cfg, eos, pad, stop, generator, window)
 
 
 def _new_cache(model: nn.Module, capacity: int):
@@ -365,8 +390,12 @@ def _forward_last(model, ids, mask, position_ids, cache) -> Tensor:
     return out.logits[:, -1].float()
 
 
-def _sample(model, input_ids, attention_mask, cfg, eos, pad, stop, generator) -> Tensor:
-    """Greedy decoding or sampling, one token per step for the whole batch."""
+def _sample(model, input_ids, attention_mask, cfg, eos, pad, stop, generator,
+            window=None) -> Tensor:
+    """Greedy decoding or sampling, one token per step for the whole batch.
+
+    Past `window` tokens each step sees only the last `window` (re-run without the cache).
+    """
     B, T0 = input_ids.shape
     device = input_ids.device
     total = T0 + cfg.max_new_tokens
@@ -406,7 +435,14 @@ def _sample(model, input_ids, attention_mask, cfg, eos, pad, stop, generator) ->
         if length == total or not bool(unfinished.any()):
             break
         step_mask = None if mask is None else mask[:, :length]
-        if cache is not None:
+        if window is not None and length > window:  # slide: the last `window` tokens only
+            if length == window + 1:
+                log.warning(f"generation passed the model's context of {window} tokens: "
+                            f"from here each step sees the last {window} (sliding window)")
+            start = length - window
+            window_mask = None if mask is None else mask[:, start:length]
+            logits = _forward_last(model, seqs[:, start:length], window_mask, None, None)
+        elif cache is not None:
             logits = _forward_last(model, seqs[:, length - 1 : length], step_mask, next_pos, cache)
             next_pos = next_pos + 1
         else:

@@ -55,6 +55,23 @@ def test_generate_greedy_matches_the_python_api(run_dir):
     assert r.stdout.rstrip("\n") == "KING:" + run.tokenizer.decode(new)
 
 
+def test_generate_slides_past_the_context(run_dir):
+    """A 64-token model asked for 100 new tokens: the window slides, one note on stderr."""
+    from lmforge.generation import generate
+
+    r = lmforge("generate", run_dir, "--prompt", "ROMEO:", "--temperature", "0",
+                "--max-new-tokens", "100")
+    assert r.returncode == 0, r.stderr
+    run = load_run(run_dir)
+    ids = torch.tensor([run.tokenizer.encode("ROMEO:")])
+    out = generate(run.model, ids, max_new_tokens=100)[0, ids.shape[1] :].tolist()
+    new = out[: out.index(run.tokenizer.eos_id)] if run.tokenizer.eos_id in out else out
+    assert ids.shape[1] + len(new) > 64
+    assert r.stdout.rstrip("\n") == "ROMEO:" + run.tokenizer.decode(new)
+    assert r.stderr.splitlines() == ["generation passed the model's context of 64 tokens: "
+                                     "from here each step sees the last 64 (sliding window)"]
+
+
 def test_generate_batched_prompts_and_beams(run_dir):
     r = lmforge("generate", run_dir, "--prompt", "A", "Longer prompt here", "--num-beams", "3",
                 "--max-new-tokens", "5")

@@ -273,7 +273,7 @@ def test_bad_input_is_refused():
         generate(model, torch.ones(2, 3, dtype=torch.long),
                  attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]))  # fmt: skip
     with pytest.raises(LmforgeError, match="context"):
-        generate(model, torch.ones(1, 100, dtype=torch.long), max_new_tokens=50)
+        generate(model, torch.ones(1, 130, dtype=torch.long), max_new_tokens=50)
     with pytest.raises(LmforgeError, match="at least one token"):
         pad_left([[1, 2], []])
     for bad in (dict(max_new_tokens=0), dict(top_p=0.0), dict(temperature=0.0),
@@ -313,3 +313,45 @@ def test_seq2seq_sampling_is_seeded_and_top_k_1_is_greedy():
     assert torch.equal(sample(4, top_k=1), greedy)
     beams = generate(model, src, num_beams=3, num_return_sequences=2, **kw)
     assert beams.shape == (4, 7)
+
+
+def _window_reference(model, prompt: list[int], n: int, window: int) -> list[int]:
+    """nanoGPT's loop: each step re-runs the model (no cache) on the last `window` tokens."""
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(torch.tensor([seq[-window:]])).logits[0, -1]
+            seq.append(int(logits.argmax()))
+    return seq
+
+
+@pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-llama"])  # learned positions, RoPE
+def test_greedy_slides_past_the_context(preset, caplog):
+    import dataclasses
+
+    torch.manual_seed(0)
+    window = 12
+    model = build(dataclasses.replace(presets.get(preset), max_seq_len=window)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(5)  # decisive logits: argmax not decided by float noise
+    prompts = [[5, 6, 7, 8, 9], [10, 11]]
+    ids, mask = pad_left(prompts, pad_id=PAD)
+    n = 3 * window
+    for use_cache in (True, False):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="lmforge.generation"):
+            out = generate(model, ids, mask, max_new_tokens=n, eos_token_id=[],
+                           use_cache=use_cache)  # fmt: skip
+        assert out.shape == (2, 5 + n)
+        for row, p in enumerate(prompts):
+            assert out[row, 5 - len(p) :].tolist() == _window_reference(model, p, n, window)
+        assert [r.getMessage() for r in caplog.records] == [
+            f"generation passed the model's context of {window} tokens: from here each step "
+            f"sees the last {window} (sliding window)"
+        ]
+    with pytest.raises(LmforgeError, match="prompt \\(13 tokens\\) is longer than the model's"):
+        generate(model, torch.ones(1, window + 1, dtype=torch.long), max_new_tokens=1)
+    if preset == "tiny-gpt2":  # beam search stays within learned positions
+        with pytest.raises(LmforgeError, match="context"):
+            generate(model, torch.ones(1, 5, dtype=torch.long), max_new_tokens=10, num_beams=2)
