@@ -24,3 +24,11 @@ class DataError(LmforgeError):
 
 class CheckpointError(LmforgeError):
     """A checkpoint or run directory is missing, incomplete or does not fit the model."""
+
+
+class DiskError(LmforgeError):
+    """A folder cannot be written: it is a file, read-only, or not ours to write."""
+
+
+class DiskFullError(DiskError):
+    """No space left on the disk (or the quota is used up) while writing."""

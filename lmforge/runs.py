@@ -12,6 +12,7 @@ writes one (`write_run`).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,19 +34,69 @@ class Run:
 
 
 def find_checkpoint(run_dir: Path, step: int | None = None) -> Path:
-    from .training.checkpoint import latest_checkpoint, list_checkpoints
+    """Checkpoint `step` of `run_dir` (default: the newest), its weights verified: a
+    damaged file raises CheckpointError naming it (no silent fallback to an older one)."""
+    from .training.checkpoint import WEIGHTS, list_checkpoints, step_dirs, verify
 
-    ckpts = run_dir / "checkpoints"
+    ckpts = Path(run_dir) / "checkpoints"
+    found = step_dirs(ckpts)
     if step is None:
-        latest = latest_checkpoint(ckpts)
-        if latest is None:
+        if not found:
             raise CheckpointError(f"{run_dir} has no complete checkpoint (checkpoints/step-N)")
-        return latest
-    for s, path in list_checkpoints(ckpts):
-        if s == step:
-            return path
-    steps = ", ".join(str(s) for s, _ in list_checkpoints(ckpts)) or "none"
-    raise CheckpointError(f"{run_dir} has no complete checkpoint step-{step} (have: {steps})")
+        path = found[-1][1]
+    else:
+        path = dict(found).get(step)
+        if path is None:
+            steps = ", ".join(str(s) for s, _ in list_checkpoints(ckpts)) or "none"
+            raise CheckpointError(
+                f"{run_dir} has no complete checkpoint step-{step} (have: {steps})")
+    verify(path, [WEIGHTS])
+    return path
+
+
+def print_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def is_run_dir(folder: str | Path) -> bool:
+    """Has `folder` been trained in (checkpoints/ or metrics.jsonl)?"""
+    folder = Path(folder)
+    return (folder / "checkpoints").is_dir() or (folder / "metrics.jsonl").is_file()
+
+
+def load_run_config(path: str | Path, cls=RunConfig, overrides: list[str] = (),
+                    say=print_stderr):
+    """`load_config` for a recipe or a run's own RUN_DIR/config.yaml.
+
+    A run dir's config refers to that run dir: when RUN_DIR/config.yaml names another
+    run_dir (the run was copied or moved), its own folder is used instead, for run_dir and
+    every path under the old one (tokenizer.path, data.shards), and `say` is told so.
+    Otherwise `lmforge pretrain COPY/config.yaml --resume` would continue the original.
+    Overrides (run_dir=NEW) apply after this.
+    """
+    from .config import apply_overrides, from_dict, read_yaml
+
+    data = read_yaml(path)
+    folder = Path(path).parent
+    named = data.get("run_dir") if isinstance(data, dict) else None
+    if (isinstance(named, str) and is_run_dir(folder)
+            and Path(named).resolve() != folder.resolve()):
+        old = named.rstrip("/") or "/"
+
+        def rebase(v):
+            if isinstance(v, dict):
+                return {k: rebase(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [rebase(x) for x in v]
+            if isinstance(v, str) and (v.rstrip("/") == old or v.startswith(old + "/")):
+                return str(folder / v[len(old):].lstrip("/"))
+            return v
+
+        data = rebase(data)
+        if not any(o.split("=", 1)[0].strip() == "run_dir" for o in overrides):
+            say(f"lmforge: {path} names run_dir {named}, another folder: using the run "
+                f"dir it is in, {folder} (a copied or moved run)")
+    return from_dict(cls, apply_overrides(data, list(overrides)))
 
 
 def load_run(run_dir: str | Path, step: int | None = None, device: str = "cpu") -> Run:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, clean_temps
 from ..errors import DataError
 
 META = "meta.json"
@@ -88,7 +88,9 @@ def _write_split(folder: Path, split: str, docs_ids, eos: int, dtype) -> list[di
         buffered += len(buf[-1])
         if buffered >= SHARD_TOKENS or (k == len(docs_ids) - 1):
             name = f"{split}-{len(files):05d}.bin"
-            np.concatenate(buf).astype(dtype).tofile(folder / name)
+            # a plain write: a full disk raises ENOSPC (ndarray.tofile says only
+            # "N requested and M written")
+            (folder / name).write_bytes(np.concatenate(buf).astype(dtype).tobytes())
             files.append({"file": name, "tokens": buffered})
             buf, buffered = [], 0
     return files
@@ -144,6 +146,9 @@ class Shards:
 
 
 def read_meta(out_dir: str | Path) -> dict | None:
+    """The shards' meta.json, or None when there are none yet. What a killed writer left
+    beside them (`.NAME.PID.*.tmp`) is removed first: this is where a run starts."""
+    clean_temps(Path(out_dir).parent, Path(out_dir).name)
     path = Path(out_dir) / META
     if not path.is_file():
         return None

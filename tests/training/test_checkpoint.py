@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -31,7 +32,12 @@ def test_roundtrip_is_bitwise_and_keeps_tied_weights_tied(tmp_path):
     path = save_checkpoint(tmp_path, 3, src, state(), {"note": "x"})
     assert path == tmp_path / "step-3"
     assert sorted(p.name for p in path.iterdir()) == ["meta.json", "model.safetensors", "state.pt"]
-    assert json.loads((path / "meta.json").read_text()) == {"step": 3, "note": "x"}
+    meta = json.loads((path / "meta.json").read_text())
+    files = meta.pop("files")
+    assert meta == {"step": 3, "note": "x"}
+    for name in ("model.safetensors", "state.pt"):  # the record a load checks
+        data = (path / name).read_bytes()
+        assert files[name] == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     load_weights(path, dst)
     for (n, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items()):
         assert torch.equal(a, b), n
@@ -56,7 +62,12 @@ class Foreign:  # a pickled class: torch.load(weights_only=True) must refuse it
 def test_a_state_file_with_arbitrary_objects_is_refused(tmp_path):
     path = save_checkpoint(tmp_path, 1, tiny(), {"step": 1})
     torch.save({"step": 1, "evil": Foreign()}, path / "state.pt")
-    with pytest.raises(CheckpointError, match="cannot read training state"):
+    with pytest.raises(CheckpointError, match=r"state.pt is damaged \([\d,]+ bytes, "):
+        load_state(path)
+    meta = json.loads((path / "meta.json").read_text())  # as an earlier version wrote it
+    del meta["files"]
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="holds Python objects .* refusing to unpickle"):
         load_state(path)
 
 
