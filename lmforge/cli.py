@@ -64,9 +64,11 @@ def cmd_tokenize(args) -> int:
     """Tokenize a corpus into token shards (np.memmap files + meta.json)."""
     import time
 
+    from .atomic import check_run_dir
     from .data import read_corpus, write_shards
     from .tokenizer import Tokenizer
 
+    check_run_dir(args.out, "--out")  # a file, a read-only disk: before any work
     tok = Tokenizer.load(args.tokenizer)
     docs = read_corpus(args.corpus, text_field=args.text_field)
     start = time.perf_counter()
@@ -89,11 +91,13 @@ def cmd_pretrain(args) -> int:
     e.g. train.max_steps=100 model.n_layer=2. --resume continues the run in run_dir
     from its latest complete checkpoint, exactly as if it had not stopped.
     """
-    from .config import load_config
+    from .atomic import check_run_dir
     from .pretrain import pretrain
+    from .runs import load_run_config
     from .training.config import RunConfig
 
-    cfg = load_config(args.config, RunConfig, args.overrides)
+    cfg = load_run_config(args.config, RunConfig, args.overrides)  # a copied run: its own
+    check_run_dir(cfg.run_dir)  # a file, a read-only disk: before any work
     summary = pretrain(cfg, resume=args.resume)
     shown = {"step": "steps", "val_loss": "val loss", "val_ppl": "val perplexity",
              "final_loss": "train loss", "tok_per_s": "tokens/s", "train_flops": "train FLOPs"}
@@ -175,10 +179,13 @@ def cmd_finetune(args) -> int:
     Every task metric is measured on val after each epoch; the best checkpoint is kept
     and scored on test (RUN_DIR/results.json).
     """
-    from .config import load_config
+    from .atomic import check_run_dir
     from .finetune import FinetuneConfig, finetune
+    from .runs import load_run_config
 
-    summary = finetune(load_config(args.config, FinetuneConfig, args.overrides))
+    cfg = load_run_config(args.config, FinetuneConfig, args.overrides)  # a copied run: its own
+    check_run_dir(cfg.run_dir)  # a file, a read-only disk: before any work
+    summary = finetune(cfg)
     print(f"best epoch: {summary['best_epoch']} of {summary['epochs_run']}"
           + (" (stopped early)" if summary["stopped_early"] else ""))
     for split in ("val", "test"):
@@ -439,6 +446,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"lmforge: error: {e.strerror or e}: {e.filename}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full or read-only disk met outside lmforge's own writers
+        from .atomic import disk_errno
+
+        if args.debug or disk_errno(e) is None:
+            raise
+        print(f"lmforge: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)
