@@ -245,12 +245,20 @@ def _resolve(model: nn.Module, cfg: GenerationConfig) -> tuple[Tensor, int]:
     return torch.tensor(eos_ids, dtype=torch.long), pad
 
 
+def _virtual_tokens(model: nn.Module) -> int:
+    """Prompt- / prefix-tuned models (lmforge/peft/prompts.py) put n virtual tokens before
+    the real ones: they take n positions of the context and n entries of the KV cache."""
+    return getattr(model, "num_virtual_tokens", 0)
+
+
 def _sliding_window(model: nn.Module, cfg: GenerationConfig) -> int | None:
-    """The context that greedy decoding / sampling slides over: a decoder's max_seq_len."""
+    """The context that greedy decoding / sampling slides over: a decoder's max_seq_len
+    (less its virtual tokens)."""
     config = getattr(model, "config", None)
     if getattr(config, "arch", None) != "decoder" or cfg.num_beams > 1 or cfg.prompt_lookup_tokens:
         return None
-    return getattr(config, "max_seq_len", None)
+    max_len = getattr(config, "max_seq_len", None)
+    return None if max_len is None else max_len - _virtual_tokens(model)
 
 
 def _check_prompt(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, n: int,
@@ -272,6 +280,7 @@ def _check_prompt(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | 
     config = getattr(model, "config", None)
     max_len = getattr(config, "max_seq_len", None)
     if max_len is not None and getattr(config, "positions", "rope") in ("learned", "sinusoidal"):
+        max_len -= _virtual_tokens(model)
         if input_ids.shape[1] + n > max_len:
             raise LmforgeError(
                 f"prompt ({input_ids.shape[1]} tokens) + max_new_tokens ({n}) is longer "
@@ -500,7 +509,7 @@ def _prompt_lookup(model, input_ids, cfg, eos, stop) -> Tensor:
             if i + 1 < logits.shape[0] and guess[i] != choices[-1]:
                 break  # the rest of the guesses followed a different token
         past = len(seq) - 1  # the cache holds everything but the newest token
-        cache.crop(past)
+        cache.crop(past + _virtual_tokens(model))
         guess = _draft(seq, min(cfg.prompt_lookup_tokens, total - len(seq) - 1))
         tokens = torch.tensor([[seq[-1], *guess]], device=input_ids.device)
         out = model(tokens, past_key_values=cache, use_cache=True)
