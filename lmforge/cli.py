@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,25 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------- commands
+
+
+def cmd_recipes_list(args) -> int:
+    """List the recipes that ship with lmforge: name and what each one is."""
+    from .recipes import all_recipes, describe
+
+    recipes = all_recipes()
+    width = max(map(len, recipes))
+    for name, path in recipes.items():
+        print(f"{name.ljust(width)}  {describe(path)}".rstrip())
+    return 0
+
+
+def cmd_recipes_cp(args) -> int:
+    """Copy a recipe to edit: lmforge recipes cp NAME DEST (a file or a folder)."""
+    from .recipes import copy
+
+    print(f"{args.name} -> {copy(args.name, args.dest)}")
+    return 0
 
 
 def cmd_datasets(args) -> int:
@@ -93,10 +113,11 @@ def cmd_pretrain(args) -> int:
     """
     from .atomic import check_run_dir
     from .pretrain import pretrain
+    from .recipes import resolve
     from .runs import load_run_config
     from .training.config import RunConfig
 
-    cfg = load_run_config(args.config, RunConfig, args.overrides)  # a copied run: its own
+    cfg = load_run_config(resolve(args.config), RunConfig, args.overrides)  # a run's: its own
     check_run_dir(cfg.run_dir)  # a file, a read-only disk: before any work
     summary = pretrain(cfg, resume=args.resume)
     shown = {"step": "steps", "val_loss": "val loss", "val_ppl": "val perplexity",
@@ -181,9 +202,10 @@ def cmd_finetune(args) -> int:
     """
     from .atomic import check_run_dir
     from .finetune import FinetuneConfig, finetune
+    from .recipes import resolve
     from .runs import load_run_config
 
-    cfg = load_run_config(args.config, FinetuneConfig, args.overrides)  # a copied run: its own
+    cfg = load_run_config(resolve(args.config), FinetuneConfig, args.overrides)  # a run's: its own
     check_run_dir(cfg.run_dir)  # a file, a read-only disk: before any work
     summary = finetune(cfg)
     print(f"best epoch: {summary['best_epoch']} of {summary['epochs_run']}"
@@ -347,6 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("datasets", cmd_datasets)
 
+    rc = sub.add_parser("recipes", help="list and copy the YAML recipes that ship with lmforge")
+    rc_sub = rc.add_subparsers(dest="recipes_command", metavar="command", parser_class=_Parser)
+    rc_sub.required = True
+    add("list", cmd_recipes_list, rc_sub)
+    q = add("cp", cmd_recipes_cp, rc_sub)
+    q.add_argument("name", help="a recipe name (lmforge recipes list)")
+    q.add_argument("dest", type=Path, help="a new file, or a folder to copy it into")
+
     tk = sub.add_parser("tokenizer", help="train and inspect tokenizers")
     tk_sub = tk.add_subparsers(dest="tokenizer_command", metavar="command", parser_class=_Parser)
     tk_sub.required = True
@@ -371,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, default=None, help="encoding processes")
 
     q = add("pretrain", cmd_pretrain)
-    q.add_argument("config", type=Path, help="YAML recipe (configs/*.yaml or RUN_DIR/config.yaml)")
+    q.add_argument("config", type=Path,
+                   help="YAML file (RUN_DIR/config.yaml, your own) or a recipe name "
+                        "(lmforge recipes list)")
     q.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     q.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
 
@@ -404,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tuned runs: the split to score (default: test)")
 
     q = add("finetune", cmd_finetune)
-    q.add_argument("config", type=Path, help="YAML recipe (configs/finetune/*.yaml)")
+    q.add_argument("config", type=Path,
+                   help="YAML file or a recipe name (e.g. wnut16-bert; lmforge recipes list)")
     q.add_argument("overrides", nargs="*", help="dotted key=value overrides")
 
     q = add("report", cmd_report)
@@ -458,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lmforge recipes list | head`: the reader has gone, fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         logging.getLogger("lmforge").removeHandler(handler)
 

@@ -126,3 +126,51 @@ def test_version():
 
     r = lmforge("--version")
     assert r.returncode == 0 and r.stdout == f"lmforge {__version__}\n", r.stderr
+
+
+def test_recipes_ship_in_the_package_and_resolve_by_name(tmp_path, monkeypatch, capsys):
+    import re
+
+    from lmforge import recipes
+    from lmforge.cli import main
+
+    shipped = sorted(p.relative_to(recipes.FOLDER) for p in recipes.FOLDER.rglob("*.yaml"))
+    assert shipped == sorted(p.relative_to(ROOT / "configs")
+                             for p in (ROOT / "configs").rglob("*.yaml"))
+    monkeypatch.chdir(tmp_path)  # outside a clone: no configs/ here
+    readme = (ROOT / "README.md").read_text()
+    paths = set(re.findall(r"configs/[\w/.-]+\.yaml", readme))
+    assert len(paths) > 10
+    for path in paths:  # every path the README writes works as it stands
+        assert recipes.resolve(path) == recipes.FOLDER / path.removeprefix("configs/")
+    assert recipes.resolve("gpt-shakespeare") == recipes.FOLDER / "gpt-shakespeare.yaml"
+    assert recipes.resolve("wnut16-bert") == recipes.FOLDER / "finetune" / "wnut16-bert.yaml"
+    assert recipes.resolve("tiny/gpt2") == recipes.FOLDER / "tiny" / "gpt2.yaml"
+    (tmp_path / "gpt-shakespeare").write_text("a user's file wins over a recipe name")
+    assert recipes.resolve("gpt-shakespeare") == Path("gpt-shakespeare")
+
+    assert main(["recipes", "list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == [
+        p.with_suffix("").as_posix() for p in shipped]
+    assert listed[0].split(maxsplit=1)[1].startswith("ALBERT pretraining")
+
+    gpt2 = (ROOT / "configs" / "tiny" / "gpt2.yaml").read_text()
+    assert main(["recipes", "cp", "tiny/gpt2", "mine"]) == 0  # no folder named mine: a file
+    assert (tmp_path / "mine").read_text() == gpt2
+    (tmp_path / "mine").unlink()
+    (tmp_path / "mine").mkdir()
+    capsys.readouterr()
+    assert main(["recipes", "cp", "tiny/gpt2", "mine"]) == 0
+    assert (tmp_path / "mine" / "gpt2.yaml").read_text() == gpt2
+    assert main(["recipes", "cp", "tiny/gpt2", "mine"]) == 2
+    assert main(["recipes", "cp", "wnut16-bertt", "x.yaml"]) == 2
+    assert main(["pretrain", "gpt-shakespear"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "lmforge: error: mine/gpt2.yaml exists; choose another name",
+        "lmforge: error: no recipe named 'wnut16-bertt'; did you mean 'finetune/wnut16-bert'?",
+        "lmforge: error: gpt-shakespear: no such file, nor a recipe of that name; "
+        "did you mean 'gpt-shakespeare'?",
+    ]
+    assert not (tmp_path / "x.yaml").exists()
