@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import dump_yaml, load_config
+from .config import dump_yaml
 from .errors import CheckpointError, ConfigError
 from .training.config import RunConfig
 
@@ -108,7 +108,7 @@ def load_run(run_dir: str | Path, step: int | None = None, device: str = "cpu") 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml", RunConfig)
+    cfg = load_run_config(run_dir / "config.yaml", say=lambda _: None)  # a copy: itself
     ckpt = find_checkpoint(run_dir, step)
     if "preset" in cfg.model:
         raise ConfigError(f"{run_dir}/config.yaml: model section is not resolved (has a preset)")
