@@ -132,8 +132,9 @@ def build_classify(args):
     """(lmforge mode, lmforge model, its cfg, HF model, prepared batches, raw row batches)."""
     from transformers import BertForSequenceClassification
 
+    from lmforge.bodies import builtin_weights
     from lmforge.config import load_config
-    from lmforge.finetune import FinetuneConfig, build_model, builtin_weights, setup
+    from lmforge.finetune import FinetuneConfig, build_model, setup
 
     cfg = load_config("configs/finetune/rotten-tomatoes-minilm.yaml", FinetuneConfig,
                       ["model.dropout=0.0", "options.classifier_dropout=0.0"])
@@ -289,7 +290,7 @@ def profile_step(sides: dict, batch, top: int = 12) -> None:
 def build_chat(args):
     from lmforge.finetune import FinetuneConfig
     from lmforge.models import build
-    from lmforge.pretrain import resolve_model_config
+    from lmforge.models.config import resolve_model_config
     from lmforge.tasks import get_task, load_task
     from lmforge.tasks.chat_tuning import ChatTuning
     from lmforge.tokenizer import Tokenizer

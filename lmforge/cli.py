@@ -193,12 +193,13 @@ def cmd_generate(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    """Fine-tune a model on a task: lmforge finetune CONFIG [key=value ...].
+    """Fine-tune a model on a task: lmforge finetune CONFIG [key=value ...] [--resume].
 
     CONFIG is a recipe from configs/finetune/ (or a fine-tuned run's config.yaml, with
     run_dir=NEW). init_from names an lmforge run dir or a Hugging Face checkpoint dir.
     Every task metric is measured on val after each epoch; the best checkpoint is kept
-    and scored on test (RUN_DIR/results.json).
+    and scored on test (RUN_DIR/results.json). --resume continues a killed run exactly
+    where its last checkpoint (one per epoch) left it.
     """
     from .atomic import check_run_dir
     from .finetune import FinetuneConfig, finetune
@@ -207,7 +208,7 @@ def cmd_finetune(args) -> int:
 
     cfg = load_run_config(resolve(args.config), FinetuneConfig, args.overrides)  # a run's: its own
     check_run_dir(cfg.run_dir)  # a file, a read-only disk: before any work
-    summary = finetune(cfg)
+    summary = finetune(cfg, resume=args.resume)
     print(f"best epoch: {summary['best_epoch']} of {summary['epochs_run']}"
           + (" (stopped early)" if summary["stopped_early"] else ""))
     for split in ("val", "test"):
@@ -237,7 +238,7 @@ def cmd_report(args) -> int:
     Each cell is the task's main metric on the test split x 100, from RUN_DIR/results.json.
     """
     from .atomic import write_text
-    from .finetune import results_table
+    from .report import results_table
 
     table = results_table(args.run_dirs, args.split)
     if args.out:
@@ -438,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = add("finetune", cmd_finetune)
     q.add_argument("config", type=Path,
                    help="YAML file or a recipe name (e.g. wnut16-bert; lmforge recipes list)")
+    q.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     q.add_argument("overrides", nargs="*", help="dotted key=value overrides")
 
     q = add("report", cmd_report)

@@ -1,26 +1,26 @@
-"""The fine-tuning recipe: `lmforge finetune CONFIG [key=value ...]`.
+"""The fine-tuning recipe: `lmforge finetune CONFIG [key=value ...] [--resume]`.
 
 One visible function, read top to bottom (lecture: "Fine-tuning" -- a pretrained body,
 a small new head, a few epochs at a small learning rate, model selection on val):
 
     1. the task: a built-in set (`task: rotten-tomatoes`) or your files (`data:`)
-    2. the body: `init_from` an lmforge run dir or a Hugging Face checkpoint dir (its
-       tokenizer.json comes along), or `model: {preset: ...}` + `tokenizer` from scratch
+    2. the body (bodies.py): `init_from` an lmforge run dir or a Hugging Face checkpoint
+       dir (its tokenizer.json comes along), or `model: {preset: ...}` + `tokenizer` from
+       scratch
     3. the mode (tasks/modes.py; default by task type): checks every row, builds the head
     4. RUN_DIR/config.yaml, resolved (model config, tokenizer path, labels, mode), so that
        `lmforge eval RUN_DIR` rebuilds the model and `lmforge finetune RUN_DIR/config.yaml
        run_dir=NEW` reruns the run (with `init_from` as it was)
-    5. epochs of `Trainer.train_step` over shuffled batches; after each epoch every task
-       metric on val (metrics.jsonl, tqdm, val_metric.png); a better main metric saves
-       the checkpoint (atomic; only the best is kept); `patience` epochs without one
-       stop the run early
-    6. the best checkpoint is loaded back and scored on val and test: results.json, the
-       summary (also the last line of metrics.jsonl), read by `lmforge report`
+    5. the engine (training/trainer.py), as pretraining uses it: epochs of shuffled row
+       batches (data/rows.py), the task's metrics on val after each epoch
+       (tasks/evaluator.py), the best epoch's weights kept in RUN_DIR/best, early stopping
+       after `patience` epochs without a better main metric, a checkpoint of the whole
+       state after each epoch (exact resume with --resume), one process or many (torchrun)
+    6. the best weights are scored on val and test: results.json, read by `lmforge report`
 
-Not exact-resume: a killed run leaves its best checkpoint so far (complete, atomic) but
-is rerun from the start. Bad input (a config key, a label outside the label set, an empty
-text, a pair with one side missing, a checkpoint whose vocabulary does not fit the
-tokenizer) raises an LmforgeError naming the file / row before anything is written.
+Bad input (a config key, a label outside the label set, an empty text, a pair with one
+side missing, a checkpoint whose vocabulary does not fit the tokenizer) raises an
+LmforgeError naming the file / row before anything is written.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import json
 import math
 import random
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,16 +37,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .atomic import atomic_path, write_text
+from .atomic import write_text
+from .bodies import Source, body_config, check_vocab, load_body, read_source
 from .config import dump_yaml, load_config, read_yaml
 from .errors import CheckpointError, ConfigError, DataError
+from .report import RESULTS
 from .training.config import TrainConfig
-
-# Pretraining heads an encoder's checkpoint may hold; a fine-tuning body drops them.
-PRETRAINING_HEADS = ("mlm_head.", "pair_head.", "rtd_head.")
-# Model-config keys a fine-tuning config may change on a pretrained body.
-RUNTIME_MODEL_KEYS = ("dropout", "gradient_checkpointing")
-RESULTS = "results.json"
 
 
 @dataclass
@@ -161,176 +156,7 @@ def _where(cfg: FinetuneConfig, split: str) -> str:
     return f"task {cfg.task}, {split} split"
 
 
-# -- 2. the body ---------------------------------------------------------------------------
-
-@dataclass
-class Source:
-    """Where the body comes from: its config, its weights (None: from scratch), tokenizer."""
-
-    model_config: object  # models.ModelConfig
-    state: dict | None
-    tokenizer: object
-    tokenizer_path: str
-    tokenizer_hash: str | None = None  # as recorded with the checkpoint, if any
-    what: str = ""
-
-
-def read_source(cfg: FinetuneConfig) -> Source:
-    """The body's config, weights and tokenizer, from `init_from` or from scratch."""
-    from .models import ModelConfig
-    from .pretrain import resolve_model_config
-    from .tokenizer import Tokenizer
-
-    src = cfg.init_from
-    if src is None:
-        if cfg.tokenizer is None:
-            raise ConfigError("config key 'tokenizer': a model trained from scratch needs a "
-                              "tokenizer.json (or set init_from)")
-        if "preset" not in cfg.model and "arch" not in cfg.model:
-            raise ConfigError("config key 'model.preset': name a preset (or set init_from)")
-        tok_path = tokenizer_file(cfg.tokenizer)
-        tok = Tokenizer.load(tok_path)
-        mc = resolve_model_config(cfg.model, tok.vocab_size, tok)
-        return Source(mc, None, tok, tok_path,
-                      what=f"scratch:{cfg.model.get('preset', mc.family or mc.arch)}")
-    path = builtin_weights(src) or Path(src)
-    if (path / "config.yaml").is_file():  # an lmforge run (pretraining or fine-tuning)
-        from safetensors.torch import load_file
-
-        from .runs import find_checkpoint
-        from .training.checkpoint import WEIGHTS, read_meta
-
-        data = read_yaml(path / "config.yaml")
-        model = data.get("model") or {}
-        if not isinstance(model, dict) or "preset" in model or "arch" not in model:
-            raise CheckpointError(f"{path}/config.yaml: model section is not resolved")
-        mc = ModelConfig.from_dict(model)
-        ckpt = find_checkpoint(path)
-        state = load_file(str(ckpt / WEIGHTS))
-        if any(k.startswith("backbone.") for k in state):  # a fine-tuned run: its body
-            state = {k[len("backbone."):]: v for k, v in state.items()
-                     if k.startswith("backbone.")}
-        else:  # a pretraining run: load it whole, so that tied weights stored under a
-            # head's name (mlm_head.decoder.weight = tok_embed.weight) come back by both
-            from .models import build
-            from .training.checkpoint import load_weights
-
-            full = build(mc)
-            load_weights(ckpt, full)
-            state = full.state_dict()
-        tok_path = tokenizer_file(cfg.tokenizer) or str(path / "tokenizer.json")
-        return Source(mc, state, Tokenizer.load(tok_path), tok_path,
-                      read_meta(ckpt).get("tokenizer_hash"), what=str(path))
-    if (path / "config.json").is_file():  # a Hugging Face checkpoint folder
-        from .interop.hf import load_hf
-
-        model = load_hf(path, dtype=torch.float32)
-        tok_path = path / "tokenizer.json"
-        if cfg.tokenizer is None and not tok_path.is_file():
-            raise CheckpointError(f"{path}: no tokenizer.json (set 'tokenizer')")
-        tok_path = tokenizer_file(cfg.tokenizer) or str(tok_path)
-        return Source(model.config, model.state_dict(), Tokenizer.load(tok_path), str(tok_path),
-                      what=str(path))
-    raise CheckpointError(f"init_from {path}: neither an lmforge run dir (config.yaml) nor "
-                          "a Hugging Face checkpoint dir (config.json)")
-
-
-def builtin_weights(name: str) -> Path | None:
-    """The folder of built-in weights `name` (e.g. "minilm"), when it is not a path."""
-    from .data import registry
-
-    if Path(name).exists() or name not in registry.BUILTINS \
-            or registry.BUILTINS[name].kind != "weights":
-        return None
-    return next(f for f in registry.files(name) if f.name == "config.json").parent
-
-
-def tokenizer_file(name: str | None) -> str | None:
-    """`tokenizer:` as a path: a built-in's name (e.g. "minilm") means its tokenizer.json."""
-    weights = builtin_weights(name) if name else None
-    return str(weights / "tokenizer.json") if weights else name
-
-
-def body_config(source: Source, cfg: FinetuneConfig, keeps_lm_head: bool):
-    """The body's ModelConfig for fine-tuning: encoders drop their pretraining head."""
-    changes = {}
-    mc = source.model_config
-    if source.state is not None:  # a rerun's resolved config repeats the body's keys: fine
-        bad = sorted(k for k, v in cfg.model.items() if k not in RUNTIME_MODEL_KEYS
-                     and k != "encoder_head" and getattr(mc, k, None) != v)
-        if bad:
-            raise ConfigError(f"config key 'model.{bad[0]}': a pretrained body keeps its shape; "
-                              f"only {', '.join(RUNTIME_MODEL_KEYS)} may change")
-        changes.update({k: v for k, v in cfg.model.items() if k in RUNTIME_MODEL_KEYS})
-    if mc.arch == "encoder" and not keeps_lm_head:
-        changes["encoder_head"] = "none"
-    return dataclasses.replace(mc, **changes) if changes else mc
-
-
-def check_vocab(source: Source, model_config) -> None:
-    """The tokenizer must fit the embedding table (and be the checkpoint's own)."""
-    tok = source.tokenizer
-    if tok.vocab_size > model_config.vocab_size:
-        raise CheckpointError(
-            f"tokenizer {source.tokenizer_path} has {tok.vocab_size} tokens but the model's "
-            f"vocabulary ({source.what}) has {model_config.vocab_size}: they do not match")
-    if source.tokenizer_hash is not None and tok.fingerprint != source.tokenizer_hash:
-        raise CheckpointError(f"tokenizer {source.tokenizer_path} is not the one checkpoint "
-                              f"{source.what} was trained with")
-
-
-def load_body(body: nn.Module, state: dict, what: str) -> None:
-    """Load pretrained weights into the body by name; pretraining heads are left out.
-
-    Tied parameters (an LM head sharing the embedding) may be stored once."""
-    expected = body.state_dict()
-    keep = {}
-    for key, value in state.items():
-        if key not in expected:
-            if key.startswith(PRETRAINING_HEADS):
-                continue
-            raise CheckpointError(f"{what}: tensor '{key}' does not belong to this model")
-        if tuple(value.shape) != tuple(expected[key].shape):
-            hint = " (the vocabulary does not match)" if "embed" in key or "lm_head" in key \
-                else ""
-            raise CheckpointError(f"{what}: tensor '{key}' has shape {list(value.shape)}, the "
-                                  f"model expects {list(expected[key].shape)}{hint}")
-        keep[key] = value
-    missing, _ = body.load_state_dict(keep, strict=False)
-    loaded = {expected[k].data_ptr() for k in keep}
-    missing = [k for k in missing if expected[k].data_ptr() not in loaded]  # tied: shared
-    if missing:
-        raise CheckpointError(f"{what}: lacks weights the model needs: {', '.join(missing[:4])}")
-
-
-# -- 5. the loop ---------------------------------------------------------------------------
-
-def better(value: float, best: float | None, metric: str) -> bool:
-    from .tasks import greater_is_better
-
-    if best is None:
-        return math.isfinite(value)
-    return value > best if greater_is_better(metric) else value < best
-
-
-def plot_metric(records: list[dict], metric: str, path: Path) -> None:
-    """val_metric.png: the val main metric after each epoch (written atomically)."""
-    from matplotlib.figure import Figure
-
-    points = [(r["epoch"], r[metric]) for r in records
-              if r.get("event") == "eval" and isinstance(r.get(metric), (int, float))]
-    fig = Figure(figsize=(6, 4), dpi=100)
-    ax = fig.subplots()
-    if points:
-        ax.plot(*zip(*points), "o-", label=f"val {metric}")
-        ax.legend()
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-
+# -- 5. the recipe -------------------------------------------------------------------------
 
 def default_name(cfg: FinetuneConfig) -> str:
     if cfg.name:
@@ -382,28 +208,40 @@ def build_model(s: Setup, seed: int) -> nn.Module:
     return s.mode.build_model(body)
 
 
-def finetune(cfg: FinetuneConfig) -> dict:
-    """Fine-tune as `cfg` says; return the summary (best epoch, val and test metrics)."""
-    from .training.checkpoint import latest_checkpoint, load_weights, save_checkpoint
-    from .training.logs import RunLogger
-    from .training.trainer import NonFiniteLossError, Trainer, torch_threads
+def split_rows(cfg: FinetuneConfig, s: Setup) -> dict[str, list]:
+    """The rows each split uses (train: the first max_train_examples of a seeded
+    shuffle), every row checked."""
+    train = list(s.splits["train"])
+    random.Random(cfg.seed).shuffle(train)
+    rows = {"train": train[:cfg.max_train_examples],
+            "val": s.splits["val"][:cfg.max_eval_examples],
+            "test": s.splits["test"][:cfg.max_eval_examples]}
+    for split, part in rows.items():
+        s.mode.check(part, _where(cfg, split))
+    return rows
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
+    """Fine-tune as `cfg` says (or resume its run); return the summary (best epoch, val
+    and test metrics)."""
+    from .data.rows import RowSampler
+    from .tasks import greater_is_better
+    from .tasks.evaluator import TaskEvaluator, score
+    from .training.checkpoint import latest_checkpoint, load_weights
+    from .training.trainer import KeepBest, Trainer, torch_threads
 
     run_dir = Path(cfg.run_dir)
-    if latest_checkpoint(run_dir / "checkpoints") is not None:
-        raise CheckpointError(f"{run_dir} already holds a run; set run_dir=NEW_DIR")
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    if resume and latest is None:
+        raise CheckpointError(f"nothing to resume: no complete checkpoint in {run_dir}/checkpoints")
+    if not resume and latest is not None:
+        raise CheckpointError(f"{run_dir} already holds a run ({latest.name}); pass --resume "
+                              "to continue it, or set run_dir=NEW_DIR")
 
     # 1-3. task, body, mode: every check before anything is written
     s = setup(cfg)
-    task, splits, source, mode_name, model_cfg, mode = (
-        s.task, s.splits, s.source, s.mode_name, s.model_config, s.mode)
-    rng = random.Random(cfg.seed)
-    train_rows = list(splits["train"])
-    rng.shuffle(train_rows)
-    train_rows = train_rows[:cfg.max_train_examples]
-    val_rows = splits["val"][:cfg.max_eval_examples]
-    test_rows = splits["test"][:cfg.max_eval_examples]
-    for split, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows)):
-        mode.check(rows, _where(cfg, split))
+    rows = split_rows(cfg, s)
+    task, source, model_cfg, mode = s.task, s.source, s.model_config, s.mode
 
     # 4. the run dir and its resolved config
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -411,86 +249,48 @@ def finetune(cfg: FinetuneConfig) -> dict:
     source.tokenizer.save(tok_file)
     data = dataclasses.replace(cfg.data, labels=list(task.labels) or cfg.data.labels)
     resolved = dataclasses.replace(cfg, name=default_name(cfg), model=model_cfg.to_dict(),
-                                   tokenizer=str(tok_file), mode=mode_name, data=data)
+                                   tokenizer=str(tok_file), mode=s.mode_name, data=data)
     dump_yaml(resolved, run_dir / "config.yaml")
 
-    # 5. model, trainer, epochs
-    train = cfg.train
-    steps_per_epoch = math.ceil(len(train_rows) / (train.batch_size * train.grad_accum))
-    total = steps_per_epoch * cfg.epochs
-    train = dataclasses.replace(train, max_steps=total, seq_len=cfg.max_len,
-                                warmup_steps=train.warmup_steps or round(cfg.warmup_frac * total))
+    # 5. the engine: an epoch of batches per evaluation, the best epoch kept
+    sampler = RowSampler(rows["train"], cfg.train.batch_size, seed=cfg.seed)
+    per_epoch = sampler.steps_per_epoch(cfg.train.grad_accum)
+    total = per_epoch * cfg.epochs
+    train = dataclasses.replace(
+        cfg.train, max_steps=total, seq_len=cfg.max_len, eval_every=per_epoch,
+        save_every=per_epoch, keep_last=1,
+        warmup_steps=cfg.train.warmup_steps or round(cfg.warmup_frac * total))
     metric = task.main_metric
+    keep_best = KeepBest(metric, greater_is_better(metric), cfg.patience)
     with torch_threads(train.threads):
         model = build_model(s, cfg.seed)
-        trainer = Trainer(model, mode, train, model_config=model_cfg.to_dict())
-        model = trainer.model
-        meta = {"tokenizer_hash": source.tokenizer.fingerprint, "task": task.name,
-                "mode": mode_name, "finetune": True}
+        trainer = Trainer(model, mode, train, run_dir, model_config=model_cfg.to_dict(),
+                          meta={"tokenizer_hash": source.tokenizer.fingerprint,
+                                "task": task.name, "mode": s.mode_name, "finetune": True})
         n_params = sum(p.numel() for p in model.parameters())
-        _say(f"{run_dir}: {task.name} ({task.type}, mode {mode_name}) on {source.what}, "
-             f"{n_params / 1e6:.2f}M parameters, {len(train_rows)} train rows, "
-             f"{cfg.epochs} epochs x {steps_per_epoch} steps")
-        log = RunLogger(run_dir, total, 0, train.progress, train.tensorboard)
-        best, best_epoch, best_ckpt, bad, epoch = None, 0, None, 0, 0
-        t0 = time.perf_counter()
-        try:
-            for epoch in range(1, cfg.epochs + 1):
-                order = list(range(len(train_rows)))
-                rng.shuffle(order)
-                B = train.batch_size
-                for s in range(steps_per_epoch):
-                    idx = order[s * B * train.grad_accum:(s + 1) * B * train.grad_accum]
-                    micro = [[train_rows[i] for i in idx[k:k + B]]
-                             for k in range(0, len(idx), B)]
-                    result = trainer.train_step(micro)
-                    trainer.step += 1
-                    if trainer.nonfinite_in_a_row >= train.max_nonfinite:
-                        raise NonFiniteLossError(
-                            f"training stopped at step {trainer.step}: the loss was NaN/inf "
-                            f"{trainer.nonfinite_in_a_row} steps in a row; lower train.lr")
-                    log.progress(1, loss=f"{result.loss:.4f}", epoch=epoch)
-                    if trainer.step % train.log_every == 0 or s == steps_per_epoch - 1:
-                        log.log({"event": "train", "step": trainer.step, "epoch": epoch,
-                                 "loss": result.loss, "lr": result.lr,
-                                 "grad_norm": result.grad_norm})
-                scores = mode.evaluate(model, val_rows)
-                log.log({"event": "eval", "step": trainer.step, "epoch": epoch, **scores})
-                log.write(f"epoch {epoch}: val " + ", ".join(
-                    f"{k} {v:.4f}" for k, v in scores.items()))
-                plot_metric(log.history, metric, run_dir / "val_metric.png")
-                if better(scores[metric], best, metric):
-                    best, best_epoch, bad = scores[metric], epoch, 0
-                    best_ckpt = save_checkpoint(
-                        run_dir / "checkpoints", trainer.step, model,
-                        state={"step": trainer.step, "epoch": epoch},
-                        meta={"model_config": model_cfg.to_dict(), "epoch": epoch,
-                              "val": scores, **meta}, keep_last=1)
-                else:
-                    bad += 1
-                    if cfg.patience and bad >= cfg.patience:
-                        log.write(f"early stop: no better val {metric} for {bad} epochs")
-                        break
-            if best_ckpt is None:
-                raise DataError(f"val {metric} was never finite: no checkpoint kept")
+        _say(f"{run_dir}: {task.name} ({task.type}, mode {s.mode_name}) on {source.what}, "
+             f"{n_params / 1e6:.2f}M parameters, {len(rows['train'])} train rows, "
+             f"{cfg.epochs} epochs x {per_epoch} steps")
+        fit = trainer.fit(sampler, TaskEvaluator(mode, rows["val"]), keep_best, resume=resume,
+                          steps_per_epoch=per_epoch)
+        if fit.get("best_checkpoint") is None:
+            raise DataError(f"val {metric} was never finite: no checkpoint kept")
 
-            # 6. the best checkpoint, scored on val and test
-            load_weights(best_ckpt, model)
-            summary = {
-                "event": "summary", "task": task.name, "type": task.type, "mode": mode_name,
-                "model": resolved.name, "arch": model_cfg.arch, "init_from": cfg.init_from,
-                "main_metric": metric,
-                "best_epoch": best_epoch, "epochs_run": epoch,
-                "stopped_early": epoch < cfg.epochs, "step": trainer.step,
-                "val": mode.evaluate(model, val_rows), "test": mode.evaluate(model, test_rows),
-                "checkpoint": str(best_ckpt), "train_time_s": time.perf_counter() - t0,
-                "run_dir": str(run_dir),
-            }
-            write_text(run_dir / RESULTS, json.dumps(summary, indent=2) + "\n")
-            log.log(summary)
-            log.plot()
-        finally:
-            log.close()
+        # 6. the best weights, scored on val and test
+        model = trainer.model
+        load_weights(fit["best_checkpoint"], model)
+        summary = {
+            "event": "summary", "task": task.name, "type": task.type, "mode": s.mode_name,
+            "model": resolved.name, "arch": model_cfg.arch, "init_from": cfg.init_from,
+            "main_metric": metric, "best_epoch": fit["best_epoch"],
+            "epochs_run": math.ceil(trainer.step / per_epoch),
+            "stopped_early": fit["stopped_early"],
+            "step": trainer.step,
+            "val": score(mode, model, rows["val"]), "test": score(mode, model, rows["test"]),
+            "checkpoint": fit["best_checkpoint"], "train_time_s": fit["train_time_s"],
+            "run_dir": str(run_dir),
+        }
+        write_text(run_dir / RESULTS, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -507,6 +307,18 @@ class FinetunedRun:
     checkpoint: Path
 
 
+def best_checkpoint(run_dir: str | Path) -> Path:
+    """The kept best weights of a fine-tuned run (RUN_DIR/best/step-N)."""
+    from .training.checkpoint import latest_checkpoint
+    from .training.trainer import BEST
+
+    path = latest_checkpoint(Path(run_dir) / BEST)
+    if path is None:
+        raise CheckpointError(f"{run_dir} has no kept best checkpoint ({BEST}/step-N): "
+                              "the run has not finished an epoch")
+    return path
+
+
 def is_finetuned(run_dir: str | Path) -> bool:
     cfg = Path(run_dir) / "config.yaml"
     return cfg.is_file() and "epochs" in read_yaml(cfg) and "task" in read_yaml(cfg)
@@ -515,7 +327,6 @@ def is_finetuned(run_dir: str | Path) -> bool:
 def load_finetuned(run_dir: str | Path, device: str = "cpu") -> FinetunedRun:
     """The best checkpoint of a fine-tuned run, with its task and mode, in eval mode."""
     from .models import ModelConfig, build
-    from .runs import find_checkpoint
     from .tasks.modes import get_mode
     from .tokenizer import Tokenizer
     from .training.checkpoint import load_weights
@@ -531,7 +342,7 @@ def load_finetuned(run_dir: str | Path, device: str = "cpu") -> FinetunedRun:
     tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
     mode = get_mode(cfg.mode).from_config(cfg, task, tokenizer, model_cfg)
     model = mode.build_model(build(model_cfg))
-    ckpt = find_checkpoint(run_dir)
+    ckpt = best_checkpoint(run_dir)
     load_weights(ckpt, model)
     model.to(device).eval()
     return FinetunedRun(run_dir, cfg, task, mode, model, tokenizer, ckpt)
@@ -541,6 +352,7 @@ def evaluate_run(run_dir: str | Path, task_name: str | None = None, split: str =
                  device: str = "cpu") -> dict:
     """Every metric of the run's task on `split`, with the best checkpoint."""
     from .tasks import get_task, load_task
+    from .tasks.evaluator import score
 
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split {split!r}: expected train, val or test")
@@ -559,69 +371,19 @@ def evaluate_run(run_dir: str | Path, task_name: str | None = None, split: str =
         where = f"task {task_name}, {split} split"
     rows = splits[split][:cfg.max_eval_examples]
     run.mode.check(rows, where)
-    return run.mode.evaluate(run.model, rows)
-
-
-# -- lmforge report: a GLUE-style results table ------------------------------------------
-
-def read_results(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / RESULTS
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir}: no {RESULTS} (not a finished fine-tuning run)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-
-
-def results_table(run_dirs: list[str | Path], split: str = "test") -> str:
-    """Markdown: one row per model, one column per task, the task's main metric on
-    `split` x 100 (as the GLUE tables of the papers print it), and the row average.
-
-    A loss (chat's main metric: lower is better) is printed as is, not x 100, and stays
-    out of the average. An "arch" column appears when the runs record their body's
-    architecture. Runs are grouped by their `name` (the model) and `task`; when one model
-    has several runs of a task, the one listed last counts."""
-    cells: dict[str, dict[str, float]] = {}
-    arch_of: dict[str, str] = {}
-    metric_of: dict[str, str] = {}
-    for d in run_dirs:
-        r = read_results(d)
-        if split not in r:
-            raise CheckpointError(f"{d}/{RESULTS}: no {split} metrics")
-        metric_of[r["task"]] = r["main_metric"]
-        value = r[split][r["main_metric"]]
-        cells.setdefault(r["model"], {})[r["task"]] = \
-            value if r["main_metric"] == "loss" else 100 * value
-        if r.get("arch"):
-            arch_of[r["model"]] = r["arch"]
-    tasks = list(metric_of)
-    scored = [t for t in tasks if metric_of[t] != "loss"]  # higher is better: averaged
-    head = ["Model"] + (["arch"] if arch_of else [])
-    head += [f"{t} ({'loss, lower is better' if metric_of[t] == 'loss' else metric_of[t]})"
-             for t in tasks]
-    if len(scored) > 1:
-        head.append("Average")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for model, row in cells.items():
-        values = [("-" if t not in row else
-                   f"{row[t]:.3f}" if metric_of[t] == "loss" else f"{row[t]:.1f}")
-                  for t in tasks]
-        if len(scored) > 1:
-            full = all(t in row for t in scored)
-            values.append(f"{sum(row[t] for t in scored) / len(scored):.1f}" if full else "-")
-        first = [model] + ([arch_of.get(model, "-")] if arch_of else [])
-        lines.append("| " + " | ".join(first + values) + " |")
-    return "\n".join(lines) + "\n"
+    return score(run.mode, run.model, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m lmforge.finetune CONFIG [key=value ...]` (the CLI's twin)."""
+    """`python -m lmforge.finetune CONFIG [--resume] [key=value ...]` (the CLI's twin)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    resume = "--resume" in argv
+    argv = [a for a in argv if a != "--resume"]
     if not argv:
-        print("usage: python -m lmforge.finetune CONFIG [key=value ...]", file=sys.stderr)
+        print("usage: python -m lmforge.finetune CONFIG [--resume] [key=value ...]",
+              file=sys.stderr)
         return 2
-    summary = finetune(load_config(argv[0], FinetuneConfig, argv[1:]))
+    summary = finetune(load_config(argv[0], FinetuneConfig, argv[1:]), resume=resume)
     print(json.dumps({k: summary[k] for k in ("best_epoch", "val", "test")}))
     return 0
 

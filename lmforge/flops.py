@@ -85,8 +85,10 @@ def measure_matmul_flops(
     `timer` measures one matmul (wall clock by default; `time.thread_time` counts only
     the CPU time of a single-threaded run, which machine load does not inflate).
     """
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
+    # a generator of its own: measuring must not move the run's RNG (exact resume)
+    gen = torch.Generator(device).manual_seed(0)
+    a = torch.randn(n, n, dtype=dtype, device=device, generator=gen)
+    b = torch.randn(n, n, dtype=dtype, device=device, generator=gen)
     out = torch.empty(n, n, dtype=dtype, device=device)
     torch.matmul(a, b, out=out)  # warm up
     best, deadline = 0.0, time.perf_counter() + seconds

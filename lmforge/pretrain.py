@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import dump_yaml, from_dict, load_config, to_dict
+from .config import dump_yaml, load_config
 from .errors import CheckpointError, ConfigError, DataError
+from .models.config import resolve_model_config
 from .training.checkpoint import latest_checkpoint, read_meta
 from .training.config import RunConfig
-from .training.trainer import Trainer, torch_threads
+from .training.trainer import LossEvaluator, Trainer, torch_threads
 
 # Model-config fields that may change between a checkpoint and its resume.
 RUNTIME_MODEL_KEYS = ("dropout", "gradient_checkpointing")
@@ -39,42 +40,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_model_config(model: dict, vocab_size: int, tokenizer=None):
-    """`model:` section -> ModelConfig: the preset, then the other keys, then the vocab.
-
-    The vocabulary size and the special-token ids (eos / bos / pad) come from the
-    tokenizer unless the section sets them; a larger vocab_size pads the table.
-    """
-    from .models import ModelConfig, presets
-
-    model = dict(model)
-    preset = model.pop("preset", None)
-    base: dict = {}
-    if preset is not None:
-        if not isinstance(preset, str):
-            raise ConfigError(f"config key 'model.preset': expected a name, got {preset!r}")
-        base = to_dict(presets.get(preset))
-    merged = {**base, **model}
-    requested = merged.get("vocab_size") if "vocab_size" in model else None
-    if requested is not None and requested < vocab_size:
-        raise ConfigError(
-            f"config key 'model.vocab_size': {requested} is smaller than the tokenizer's "
-            f"vocabulary ({vocab_size})"
-        )
-    merged["vocab_size"] = requested or vocab_size
-    if tokenizer is not None:
-        ids = {"eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id,
-               "bos_token_id": tokenizer.bos_id if tokenizer.bos_id is not None
-               else tokenizer.eos_id}  # GPT-2 style: <|endoftext|> also begins
-        if merged.get("arch") == "seq2seq":  # as HF: T5's decoder starts with <pad>, BART's </s>
-            pad_start = merged.get("family") == "t5" and tokenizer.pad_id is not None
-            ids["decoder_start_token_id"] = tokenizer.pad_id if pad_start else tokenizer.eos_id
-        for key, value in ids.items():
-            if key not in model:
-                merged[key] = value
-    return from_dict(ModelConfig, merged, prefix="model")
 
 
 def read_docs(cfg: RunConfig) -> list[str]:
@@ -211,17 +176,17 @@ def pretrain(cfg: RunConfig, resume: bool = False) -> dict:
         model = objective.build_model(model_cfg)
         step = objective.window_len(train.seq_len) - 1  # windows are step + 1 tokens long
         sampler = ChunkSampler(shards.train, step, train.batch_size, seed=cfg.seed)
-        eval_data = None
+        evaluator = None
         if shards.val:
-            def eval_data():
-                return eval_batches(shards.val, step, train.batch_size, train.eval_batches)
+            evaluator = LossEvaluator(objective, lambda: eval_batches(
+                shards.val, step, train.batch_size, train.eval_batches))
         n_params = sum(p.numel() for p in model.parameters())
         _say(f"{run_dir}: {n_params / 1e6:.2f}M parameters, "
              f"{shards.tokens('train'):,} train tokens, {train.tokens_per_step:,} tokens/step, "
              f"{'resuming' if resume else 'training'} to step {train.max_steps}")
         trainer = Trainer(model, objective, train, run_dir, model_config=model_cfg.to_dict(),
                           meta={"tokenizer_hash": tok_hash})
-        summary = trainer.fit(sampler, eval_data, resume=resume)
+        summary = trainer.fit(sampler, evaluator, resume=resume)
 
         # 7. a sample from the trained model
         if cfg.sample.prompt:

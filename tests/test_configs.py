@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from lmforge.config import load_config
-from lmforge.pretrain import pretrain, resolve_model_config
+from lmforge.models.config import resolve_model_config
+from lmforge.pretrain import pretrain
 from lmforge.training.config import RunConfig
 
 CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")

@@ -8,18 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmforge.bodies import body_config, load_body, read_source
 from lmforge.cli import main
 from lmforge.config import load_config
 from lmforge.errors import CheckpointError, ConfigError
-from lmforge.finetune import (
-    FinetuneConfig,
-    body_config,
-    finetune,
-    load_body,
-    read_source,
-    results_table,
-)
+from lmforge.finetune import FinetuneConfig, finetune
 from lmforge.models import build, presets
+from lmforge.report import results_table
 from lmforge.runs import write_run
 from lmforge.tasks import get_task, load_task
 from lmforge.tasks.modes import default_mode, get_mode
@@ -96,8 +91,10 @@ def test_best_checkpoint_is_the_best_epoch_and_eval_reproduces_it(overfit_run, c
     assert [r["epoch"] for r in evals] == list(range(1, 26))
     best = max(evals, key=lambda r: r["accuracy"])  # the first epoch that reached the max
     assert overfit_run["best_epoch"] == best["epoch"]
-    ckpts = list((run_dir / "checkpoints").iterdir())
-    assert [c.name for c in ckpts] == [f"step-{best['step']}"]  # only the best is kept
+    kept = list((run_dir / "best").iterdir())
+    assert [c.name for c in kept] == [f"step-{best['step']}"]  # only the best is kept
+    last = [c.name for c in (run_dir / "checkpoints").iterdir()]
+    assert last == [f"step-{evals[-1]['step']}"]  # and the last epoch's state, to resume
     assert main(["eval", str(run_dir), "--split", "val", "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores == {"accuracy": best["accuracy"], "f1": best["f1"]}
@@ -113,7 +110,8 @@ def test_early_stopping_stops_after_patience_epochs(work, tok_file):
     summary = finetune(cfg)
     assert (summary["best_epoch"], summary["epochs_run"], summary["stopped_early"]) == (1, 3, True)
     assert summary["step"] == 3 * 2
-    assert [c.name for c in (work / "early" / "checkpoints").iterdir()] == ["step-2"]
+    assert [c.name for c in (work / "early" / "best").iterdir()] == ["step-2"]
+    assert [c.name for c in (work / "early" / "checkpoints").iterdir()] == ["step-6"]
 
 
 # -- recipes ------------------------------------------------------------------------------

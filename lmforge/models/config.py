@@ -285,3 +285,61 @@ class ModelConfig:
             known = ", ".join(sorted(names))
             raise ConfigError(f"model.{unknown[0]}: unknown key (known: {known})")
         return cls(**d)
+
+
+# -- a recipe's `model:` section ------------------------------------------------------
+
+def check_model_section(model) -> None:
+    """A recipe's `model:` section, checked when the recipe is loaded: a mapping of a
+    `preset` name and ModelConfig fields (ConfigError naming the key otherwise)."""
+    from . import presets
+
+    if not isinstance(model, dict):
+        raise ConfigError(f"config key 'model': expected a mapping, got {model!r}")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(str(k) for k in model if k != "preset" and k not in fields)
+    if unknown:
+        known = ", ".join(["preset", *sorted(fields)])
+        raise ConfigError(f"unknown config key 'model.{unknown[0]}' (known keys here: {known})")
+    preset = model.get("preset")
+    if preset is not None:
+        if not isinstance(preset, str):
+            raise ConfigError(f"config key 'model.preset': expected a name, got {preset!r}")
+        presets.get(preset)  # ConfigError for an unknown preset
+
+
+def resolve_model_config(model: dict, vocab_size: int, tokenizer=None) -> ModelConfig:
+    """A recipe's `model:` section -> ModelConfig: the preset, then the other keys, then the vocab.
+
+    The vocabulary size and the special-token ids (eos / bos / pad) come from the
+    tokenizer unless the section sets them; a larger vocab_size pads the table.
+    """
+    from ..config import from_dict, to_dict
+    from . import presets
+
+    model = dict(model)
+    preset = model.pop("preset", None)
+    base: dict = {}
+    if preset is not None:
+        if not isinstance(preset, str):
+            raise ConfigError(f"config key 'model.preset': expected a name, got {preset!r}")
+        base = to_dict(presets.get(preset))
+    merged = {**base, **model}
+    requested = merged.get("vocab_size") if "vocab_size" in model else None
+    if requested is not None and requested < vocab_size:
+        raise ConfigError(
+            f"config key 'model.vocab_size': {requested} is smaller than the tokenizer's "
+            f"vocabulary ({vocab_size})"
+        )
+    merged["vocab_size"] = requested or vocab_size
+    if tokenizer is not None:
+        ids = {"eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id,
+               "bos_token_id": tokenizer.bos_id if tokenizer.bos_id is not None
+               else tokenizer.eos_id}  # GPT-2 style: <|endoftext|> also begins
+        if merged.get("arch") == "seq2seq":  # as HF: T5's decoder starts with <pad>, BART's </s>
+            pad_start = merged.get("family") == "t5" and tokenizer.pad_id is not None
+            ids["decoder_start_token_id"] = tokenizer.pad_id if pad_start else tokenizer.eos_id
+        for key, value in ids.items():
+            if key not in model:
+                merged[key] = value
+    return from_dict(ModelConfig, merged, prefix="model")

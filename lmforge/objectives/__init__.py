@@ -28,7 +28,7 @@ OBJECTIVES["electra"] = Electra  # replaced-token detection (ELECTRA)
 def build(cfg, *, tokenizer=None, model_config=None, seed: int = 0) -> Objective:
     """The objective `cfg` names (an ObjectiveConfig, or just a name for the defaults)."""
     if isinstance(cfg, str):
-        from ..training.config import ObjectiveConfig
+        from .config import ObjectiveConfig
 
         if cfg not in OBJECTIVES:
             _unknown(cfg)

@@ -9,7 +9,7 @@ calls `prepare`, `num_targets` and `loss` on it exactly as on a pretraining obje
     model = mode.build_model(backbone)            # backbone (weights loaded) + head
     batch = mode.prepare(rows)                    # dict of tensors, with "input_ids"
     loss_sum, n = mode.loss(model, batch)         # a SUM over n targets
-    scores = mode.evaluate(model, rows)           # {metric: value}, main metric included
+    scores = TaskEvaluator(mode, rows)(model)     # {metric: value} (tasks/evaluator.py)
 
 The protocol (duck-typed; `Mode` below gives defaults you may inherit):
 
@@ -34,7 +34,9 @@ The protocol (duck-typed; `Mode` below gives defaults you may inherit):
     loss(model, batch) -> (loss_sum: Tensor, n: int)
     predict(model, rows) -> list                     in the form metrics.compute expects
     references(rows) -> list                         the gold side, same form
-    evaluate(model, rows) -> dict[str, float]        every task metric, in [0, 1]
+
+A mode is the trainer's objective (prepare / num_targets / loss) and the evaluator's
+predictor (predict / references): `tasks.evaluator.TaskEvaluator` scores rows with it.
 
 Register a mode with one line in MODES below: "name": "module.path:ClassName". The class
 is imported when first asked for, so modes may import the models freely.
@@ -49,7 +51,6 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
-from . import metrics as task_metrics
 
 # name -> "module:Class" (imported lazily by get_mode)
 MODES: dict[str, str] = {
@@ -147,11 +148,11 @@ def chunks(rows: list, size: int):
 
 
 class Mode(ABC):
-    """Defaults shared by the modes: config, evaluation through tasks.metrics."""
+    """Defaults shared by the modes: config, row checks, gold references."""
 
     name = "mode"
     keeps_lm_head = False
-    reports_loss = False  # evaluate() adds "loss" per target token (always when it is main)
+    reports_loss = False  # the evaluator adds "loss" per target token (always when main)
     options_known: tuple[str, ...] = ()  # keys of cfg.options this mode reads
 
     def __init__(self, task, tokenizer, model_config, max_len: int = 128,
@@ -186,34 +187,6 @@ class Mode(ABC):
     @abstractmethod
     def predict(self, model: nn.Module, rows: list[dict]) -> list:
         """Predictions for `rows`, in the form `tasks.metrics.compute` expects."""
-
-    @torch.no_grad()
-    def mean_loss(self, model: nn.Module, rows: list[dict]) -> float:
-        """The loss per target token over `rows` (the modes' own prepare and loss)."""
-        device = model_device(model)
-        total, n = 0.0, 0
-        for part in chunks(rows, self.eval_batch_size):
-            batch = {k: v.to(device) for k, v in self.prepare(part).items()}
-            loss, k = self.loss(model, batch)
-            total, n = total + float(loss), n + k
-        return total / max(n, 1)
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, rows: list[dict]) -> dict[str, float]:
-        """Every metric of the task on `rows`: predict, then score against the gold; and
-        "loss" (per target token) where the mode reports it or it is the main metric."""
-        was_training = model.training
-        model.eval()
-        try:
-            scores = {}
-            if self.reports_loss or self.task.main_metric == "loss":
-                scores["loss"] = self.mean_loss(model, rows)
-            if self.task.metrics:
-                scores.update(task_metrics.compute(
-                    self.task.metrics, self.predict(model, rows), self.references(rows)))
-        finally:
-            model.train(was_training)
-        return scores
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..errors import ConfigError
+from ..models.config import check_model_section
+from ..objectives.config import ObjectiveConfig
 
 
 def _check(ok: bool, key: str, what: str, value) -> None:
@@ -125,37 +127,6 @@ class TokenizerConfig:
 
 
 @dataclass
-class ObjectiveConfig:
-    """Which pretraining objective, and its knobs (each used by the objectives named).
-
-    The recipes in configs/ show one per objective; docs/objectives.md says what each
-    key does.
-    """
-
-    name: Literal["clm", "mlm", "electra", "bart", "t5"] = "clm"
-    # -- mlm / electra (encoders) --
-    mask_prob: float = 0.15  # share of the tokens chosen as targets (mlm, electra)
-    masking: Literal["static", "dynamic"] = "dynamic"  # static = BERT, dynamic = RoBERTa
-    whole_word: bool = False  # choose whole words (all their tokens) rather than tokens
-    mask_replace_prob: float = 0.8  # mlm: chosen tokens -> [MASK] (BERT's 80 / 10 / 10)
-    random_replace_prob: float = 0.1  # mlm: -> a random token; the rest stay unchanged
-    pair: Literal["none", "nsp", "sop"] = "none"  # mlm: + next-sentence / sentence-order
-    pair_weight: float = 1.0  # mlm: loss = MLM mean + pair_weight * NSP/SOP mean
-    generator_size: float = 0.25  # electra: generator width / discriminator width
-    rtd_weight: float = 50.0  # electra: loss = MLM(generator) + rtd_weight * RTD
-    # -- bart / t5 (encoder-decoders) --
-    bart_mask: Literal["infill", "token", "delete", "none"] = "infill"  # bart: which masking
-    mask_ratio: float = 0.3  # bart: share of tokens masked (infill: covered by spans)
-    poisson_lambda: float = 3.0  # bart: infill span lengths ~ Poisson(lambda)
-    random_ratio: float = 0.0  # bart: share of masks replaced by a random token instead
-    permute_sentences: bool = True  # bart: shuffle the sentences of each window
-    rotate: bool = False  # bart: document rotation
-    whole_word_spans: bool = True  # bart: infill spans cover whole words (fairseq)
-    noise_density: float = 0.15  # t5: share of tokens in noise spans
-    mean_span_length: float = 3.0  # t5: mean noise span length
-
-
-@dataclass
 class SampleConfig:
     """A sample printed at the end of the run (empty prompt = none)."""
 
@@ -182,3 +153,6 @@ class RunConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def __post_init__(self):
+        check_model_section(self.model)

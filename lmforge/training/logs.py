@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..atomic import atomic_path, write_text
 
-METRICS, PLOT = "metrics.jsonl", "loss.png"
+METRICS, PLOT, METRIC_PLOT = "metrics.jsonl", "loss.png", "val_metric.png"
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -59,8 +59,10 @@ class RunLogger:
         start_step: int = 0,
         progress: bool = True,
         tensorboard: bool = True,
+        metric: str | None = None,
     ):
         self.run_dir = Path(run_dir)
+        self.metric = metric  # a keep-best metric: plotted in val_metric.png
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / METRICS
         # resuming: keep what happened up to the checkpoint (the summary is written anew)
@@ -113,8 +115,11 @@ class RunLogger:
             print(message, flush=True)
 
     def plot(self) -> Path:
-        """Write loss.png: train loss (and val loss where measured) against step."""
+        """Write loss.png: train loss (and val loss where measured) against step; and
+        val_metric.png, the keep-best metric at each evaluation, when the run has one."""
         plot_loss(self.history, self.run_dir / PLOT)
+        if self.metric:
+            plot_metric(self.history, self.metric, self.run_dir / METRIC_PLOT)
         return self.run_dir / PLOT
 
     def close(self) -> None:
@@ -146,6 +151,27 @@ def plot_loss(records: list[dict], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     if train or val:
         ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def plot_metric(records: list[dict], metric: str, path: str | Path) -> None:
+    """A PNG of the evaluation metric `metric` against step (epoch when recorded),
+    written atomically."""
+    from matplotlib.figure import Figure
+
+    evals = [r for r in records
+             if r.get("event") == "eval" and isinstance(r.get(metric), (int, float))]
+    by = "epoch" if evals and all("epoch" in r for r in evals) else "step"
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
+    if evals:
+        ax.plot([r[by] for r in evals], [r[metric] for r in evals], "o-", label=f"val {metric}")
+        ax.legend()
+    ax.set_xlabel(by)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -1,18 +1,25 @@
-"""The training loop: a batch in, a loss out.
+"""The training engine: one loop for every recipe (pretraining and fine-tuning), on one
+process or many (torchrun: DDP or FSDP2, lmforge/training/distributed.py).
 
 The trainer knows a model, an objective (`prepare`, `num_targets`, `loss`; see
-lmforge/objectives) and a `TrainConfig`. One optimizer step:
+lmforge/objectives and the fine-tuning modes in lmforge/tasks) and a `TrainConfig`. One
+optimizer step:
 
-    raw batches (grad_accum of them) -> objective.prepare -> N = total targets
+    raw batches (grad_accum of them) -> objective.prepare -> N = total targets (all ranks)
     for each micro-batch:  loss_sum, n = objective.loss(model, batch)
                            (loss_sum / N).backward()        # token-weighted
+                           (gradients are reduced across ranks on the last one only)
     loss = sum of the parts = the mean over all N targets, exactly as one big batch
     non-finite loss? skip the update (counted); too many in a row: stop
     clip the global grad norm, set the lr from the schedule, optimizer step
 
-Around it: periodic eval (val loss, perplexity), logs (progress bar, metrics.jsonl,
-TensorBoard, loss.png), atomic checkpoints with the whole training state (exact
-resume), FLOPs per token and MFU.
+`fit` runs the steps and everything around them: periodic evaluation by an `evaluator`
+(pretraining: val loss and the objective's statistics; fine-tuning: the task's metrics
+on val rows), an optional keep-best policy (`KeepBest`: the best evaluation's weights
+kept in RUN_DIR/best, early stopping after `patience` evaluations without a better one),
+logs on rank 0 (progress bar, metrics.jsonl, TensorBoard, loss.png), atomic checkpoints
+with the whole training state (exact resume, keep-best state and every rank's RNG
+included), FLOPs per token and MFU.
 """
 
 from __future__ import annotations
@@ -189,14 +196,47 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class LossEvaluator:
+    """Pretraining's evaluator: `evaluate` (above) over a fresh iterable of validation
+    batches from `batches()` each time it is called."""
+
+    def __init__(self, objective, batches: Callable[[], Iterable]):
+        self.objective, self.batches = objective, batches
+
+    def __call__(self, model: nn.Module) -> dict:
+        device = next(model.parameters()).device
+        return evaluate(self.objective, model, self.batches(), device)
+
+
+@dataclass
+class KeepBest:
+    """Keep the weights of the best evaluation; stop after `patience` evaluations in a
+    row without a better value (0 = never stop early). `metric` is a key of what the
+    evaluator returns."""
+
+    metric: str
+    greater_is_better: bool = True
+    patience: int = 0
+
+    def better(self, value: float, best: float | None) -> bool:
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        return value > best if self.greater_is_better else value < best
+
+
 @dataclass
 class StepResult:
-    loss: float  # mean loss over the step's target tokens
-    n_targets: int  # N, the tokens that counted in the loss
-    tokens: int  # input tokens processed
+    loss: float  # mean loss over the step's target tokens (all ranks)
+    n_targets: int  # N, the tokens that counted in the loss (all ranks)
+    tokens: int  # input tokens processed (all ranks)
     grad_norm: float | None
     lr: float
     skipped: bool  # the update was skipped (non-finite loss or gradient)
+
+
+BEST = "best"  # RUN_DIR/best/step-N: the keep-best policy's weights
 
 
 class Trainer:
@@ -204,6 +244,8 @@ class Trainer:
 
     `model_config` (a plain dict) and `meta` are stored with each checkpoint (meta.json)
     so that resuming with another architecture or tokenizer fails with a clear message.
+    `dist` (training/distributed.py: `init(...)`) puts the run on several processes; None
+    is one process, no process group.
     """
 
     def __init__(
@@ -214,11 +256,15 @@ class Trainer:
         run_dir: str | Path | None = None,
         model_config: dict | None = None,
         meta: dict | None = None,
+        dist=None,
     ):
         self.cfg = cfg
         self.meta = dict(meta or {})
         self.objective = objective
-        self.device = resolve_device(cfg.device)
+        self.dist = dist if dist is not None and dist.world_size > 1 else None
+        self.world_size = self.dist.world_size if self.dist else 1
+        self.is_main = self.dist is None or self.dist.is_main
+        self.device = dist.device if dist is not None else resolve_device(cfg.device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.model_config = model_config
         self.model = model.to(self.device)
@@ -227,6 +273,18 @@ class Trainer:
         _warn_slow_bf16(self.device, cfg.precision)
         if cfg.activation_checkpointing:  # (a model may also have it on by its own config)
             set_activation_checkpointing(self.model, True)
+        # DDP / FSDP2 wrap the model before the optimizer is built (FSDP2 turns the
+        # parameters into sharded DTensors); self.model stays the plain module
+        self.strategy = self.dist.strategy if self.dist else "none"
+        wrapped = self.model
+        if self.dist is not None:
+            from .distributed import wrap
+
+            wrapped = wrap(self.model, self.dist, cfg.precision)
+        self.wrapped = wrapped
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ConfigError("nothing to train: every parameter of the model is frozen")
         self.optimizers = build_optimizers(
             self.model, cfg.optimizer, cfg.lr, cfg.weight_decay, tuple(cfg.betas), cfg.eps
         )
@@ -235,16 +293,19 @@ class Trainer:
             min_lr=cfg.min_lr, kind=cfg.schedule, decay_frac=cfg.decay_frac,
         )
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        if self.strategy == "fsdp":  # FSDP2's mixed-precision policy casts; no autocast
+            self.dtype = None
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         # torch.compile wraps the model; we keep the plain module for state dicts (clean keys)
         self.forward_model = (
-            torch.compile(self.model, backend=cfg.compile_backend) if cfg.compile else self.model
+            torch.compile(wrapped, backend=cfg.compile_backend) if cfg.compile else wrapped
         )
         self.step = 0
         self.tokens = 0
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.train_time = 0.0
+        self.best: dict = {"value": None, "step": None, "bad": 0, "scores": None}
         self.flops_per_token = self._flops_per_token()
         self._peak: tuple[float, str] | None = None
 
@@ -258,40 +319,66 @@ class Trainer:
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
+    def _sum_over_ranks(self, *values: float) -> list[float]:
+        """Each value summed over the ranks (one all-reduce); as they are on one process."""
+        if self.dist is None:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        return self.dist.all_reduce_sum(t).tolist()
+
     def accumulate(self, raw_batches: Iterable) -> tuple[float, int, int]:
         """Forward + backward over micro-batches; gradients of the token-weighted mean.
 
-        L = sum_k loss_sum_k / N with N the targets of all micro-batches together: the
-        same loss, and the same gradients, as one batch holding them all. Returns
-        (L, N, input tokens); the gradients are left in `.grad` (scaled under fp16).
+        L = sum_k loss_sum_k / N with N the targets of all micro-batches of all ranks
+        together: the same loss, and the same gradients, as one batch holding them all.
+        DDP and FSDP average gradients over the W ranks, so each rank's part is scaled by W.
+        Gradients are synchronized on the last micro-batch only (no_sync before it).
+        Returns (L, N, input tokens); the gradients are left in `.grad` (scaled under fp16).
         """
         model = self.forward_model
         model.train()
         # draw = the step: corruption (masking, noise) is drawn afresh each step
         batches = [self.objective.prepare(raw, draw=self.step) for raw in raw_batches]
-        n_total = sum(self.objective.num_targets(b) for b in batches)
-        tokens = sum(int(b["input_ids"].numel()) for b in batches)
+        n_local = sum(self.objective.num_targets(b) for b in batches)
+        tokens_local = sum(int(b["input_ids"].numel()) for b in batches)
+        n_total, tokens = (int(v) for v in self._sum_over_ranks(n_local, tokens_local))
+        scale = self.world_size / max(n_total, 1)
         total = torch.zeros((), device=self.device)
-        for batch in batches:
-            with self._autocast():
+        for i, batch in enumerate(batches):
+            with self._grad_sync(last=i == len(batches) - 1), self._autocast():
                 loss_sum, _ = self.objective.loss(model, self._to_device(batch))
-            part = loss_sum / max(n_total, 1)
-            (self.scaler.scale(part) if self.scaler else part).backward()
+                part = loss_sum * scale
+                (self.scaler.scale(part) if self.scaler else part).backward()
             total += part.detach()
-        return float(total), n_total, tokens
+        (loss,) = self._sum_over_ranks(float(total) / self.world_size)
+        return loss, n_total, tokens
+
+    def _grad_sync(self, last: bool):
+        if self.dist is None:
+            return contextlib.nullcontext()
+        from .distributed import grad_sync
+
+        return grad_sync(self.wrapped, self.dist, enabled=last)
+
+    def _clip(self, max_norm: float) -> float:
+        if self.strategy == "fsdp":
+            from .distributed import clip_grad_norm
+
+            return clip_grad_norm(self.model, max_norm)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
     def train_step(self, raw_batches: Iterable) -> StepResult:
-        """One optimizer update over the given micro-batches (token-weighted mean loss)."""
+        """One optimizer update over the given micro-batches (token-weighted mean loss);
+        the step counter moves on by one whether the update was applied or skipped."""
         lr = apply_lr(self.optimizers, self.schedule, self.step)
         loss, n_total, tokens = self.accumulate(raw_batches)
-        params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = None
         if math.isfinite(loss):
             for opt in self.optimizers:
                 if self.scaler:
                     self.scaler.unscale_(opt)
-            max_norm = self.cfg.grad_clip if self.cfg.grad_clip else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            grad_norm = self._clip(self.cfg.grad_clip if self.cfg.grad_clip else float("inf"))
         # fp16: an inf gradient is the grad scaler's business (it skips and lowers the scale)
         finite = math.isfinite(loss) and (self.scaler is not None or math.isfinite(grad_norm))
         if finite:
@@ -309,10 +396,11 @@ class Trainer:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         self.tokens += tokens
+        self.step += 1
         return StepResult(loss, n_total, tokens, grad_norm, lr, skipped=not finite)
 
     def evaluate(self, batches: Iterable) -> dict:
-        """Validation statistics over `batches` (see `evaluate` below)."""
+        """Validation statistics over `batches` (see `evaluate` above)."""
         return evaluate(self.objective, self.forward_model, batches, self.device,
                         self._autocast)
 
@@ -324,32 +412,92 @@ class Trainer:
             raise CheckpointError("this trainer has no run directory to keep checkpoints in")
         return self.run_dir / "checkpoints"
 
-    def state_dict(self, sampler=None) -> dict:
+    @property
+    def best_dir(self) -> Path:
+        return self.run_dir / BEST
+
+    def _rng_states(self) -> list:
+        """Every rank's RNG states, rank by rank (each rank draws its own dropout)."""
+        if self.dist is None:
+            return [rng_state()]
+        import torch.distributed as tdist
+
+        states: list = [None] * self.world_size
+        tdist.all_gather_object(states, rng_state())
+        return states
+
+    def state_dict(self, sampler=None, optimizers: bool = True) -> dict:
         """The whole training state (tensors and plain values: torch.load weights_only)."""
+        ranks = self._rng_states()
         return {
             "step": self.step,
             "tokens": self.tokens,
             "train_time": self.train_time,
             "nonfinite_total": self.nonfinite_total,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
-            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "optimizers": [opt.state_dict() for opt in self.optimizers] if optimizers else None,
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
-            "rng": rng_state(),
+            "rng": ranks[0],
+            "rng_ranks": ranks,
+            "world_size": self.world_size,
+            "best": dict(self.best),
             "sampler": sampler.state_dict() if sampler is not None else None,
         }
 
+    def _meta(self) -> dict:
+        return {"tokens": self.tokens, "model_config": self.model_config,
+                "lmforge_version": __version__, "world_size": self.world_size,
+                "strategy": self.strategy, **self.meta}
+
     def save(self, sampler=None) -> Path:
+        """A checkpoint of the whole state: rank 0 writes the plain checkpoint (one
+        process, DDP); under FSDP every rank writes its shard of the model and optimizer
+        state (torch.distributed.checkpoint) and rank 0 the rest."""
         if not all_finite(self.model):
             raise NonFiniteLossError(
                 f"the weights became NaN/inf by step {self.step}; no checkpoint written "
                 "(lower train.lr or set train.grad_clip)"
             )
-        meta = {"tokens": self.tokens, "model_config": self.model_config,
-                "lmforge_version": __version__, **self.meta}
-        parts = self.checkpoint_parts()
-        return save_checkpoint(self.ckpt_dir, self.step, parts.pop("model"),
-                               self.state_dict(sampler), meta, self.cfg.keep_last, extra=parts)
+        if self.strategy == "fsdp":
+            from .distributed import save_sharded_checkpoint
+
+            state = self.state_dict(sampler, optimizers=False)
+            return save_sharded_checkpoint(self.ckpt_dir, self.step, self.model,
+                                           self.optimizers, state, self._meta(),
+                                           self.cfg.keep_last, self.dist)
+        state = self.state_dict(sampler)
+        path = self.ckpt_dir / f"step-{self.step}"
+        if self.is_main:
+            parts = self.checkpoint_parts()
+            path = save_checkpoint(self.ckpt_dir, self.step, parts.pop("model"), state,
+                                   self._meta(), self.cfg.keep_last, extra=parts)
+        self._barrier()
+        return path
+
+    def save_best(self, scores: dict) -> Path:
+        """RUN_DIR/best/step-N: the weights of the best evaluation (only the newest kept)."""
+        state = {"step": self.step, "scores": scores}
+        meta = {**self._meta(), "best": True, "scores": scores}
+        path = self.best_dir / f"step-{self.step}"
+        if self.strategy == "fsdp":
+            from .distributed import full_state_dict
+
+            full = full_state_dict(self.model, self.dist)  # every rank gathers, rank 0 keeps
+            if self.is_main:
+                from .checkpoint import save_state_dict_checkpoint
+
+                path = save_state_dict_checkpoint(self.best_dir, self.step, full, state,
+                                                  meta, keep_last=1)
+        elif self.is_main:
+            path = save_checkpoint(self.best_dir, self.step, self.model, state, meta,
+                                   keep_last=1)
+        self._barrier()
+        return path
+
+    def _barrier(self) -> None:
+        if self.dist is not None:
+            self.dist.barrier()
 
     def checkpoint_parts(self) -> dict[str, nn.Module]:
         """The weight files of a checkpoint: "model" (model.safetensors) is the run's model;
@@ -361,15 +509,47 @@ class Trainer:
     def load(self, path: str | Path, sampler=None) -> None:
         """Restore weights and training state from checkpoint folder `path`."""
         path = Path(path)
-        parts = self.checkpoint_parts()
-        load_weights(path, parts.pop("model"))
-        for name, part in parts.items():
-            load_weights(path / f"{name}.safetensors", part)
         state = load_state(path)
-        if len(state["optimizers"]) != len(self.optimizers):
+        saved_world = int(state.get("world_size") or 1)
+        if self.strategy == "fsdp" or (path / "sharded").exists():
+            if self.strategy != "fsdp":
+                raise CheckpointError(
+                    f"checkpoint {path} is sharded (FSDP); resume it with "
+                    "distributed.strategy=fsdp under torchrun")
+            from .distributed import load_sharded
+
+            load_sharded(path / "sharded", self.model, self.optimizers, self.dist)
+        else:
+            parts = self.checkpoint_parts()
+            load_weights(path, parts.pop("model"))
+            for name, part in parts.items():
+                load_weights(path / f"{name}.safetensors", part)
+            self._load_optimizers(path, state["optimizers"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
+        self.train_time = float(state.get("train_time", 0.0))
+        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+        self.best = dict(state.get("best") or self.best)
+        if sampler is not None and state.get("sampler") is not None:
+            sampler.load_state_dict(state["sampler"])
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        rank = self.dist.rank if self.dist else 0
+        if saved_world == self.world_size:
+            set_rng_state(ranks[rank])
+        else:  # the data position is re-derived by the sampler; dropout draws cannot be
+            set_rng_state(ranks[0])
+            if self.is_main:
+                warnings.warn(f"checkpoint {path} was written by {saved_world} processes, "
+                              f"this run has {self.world_size}: data order and weights resume "
+                              "exactly, dropout draws do not", stacklevel=2)
+
+    def _load_optimizers(self, path: Path, saved: list) -> None:
+        if saved is None or len(saved) != len(self.optimizers):
             raise CheckpointError(f"checkpoint {path} was trained with another optimizer")
         try:
-            for opt, s in zip(self.optimizers, state["optimizers"]):
+            for opt, s in zip(self.optimizers, saved):
                 # moments and step counts come from the checkpoint; lr, betas and weight
                 # decay from this run's config (which may have changed them)
                 hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
@@ -379,15 +559,6 @@ class Trainer:
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"checkpoint {path}: optimizer state does not fit ({e})") \
                 from None
-        if self.scaler and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.step, self.tokens = int(state["step"]), int(state["tokens"])
-        self.train_time = float(state.get("train_time", 0.0))
-        self.nonfinite_total = int(state.get("nonfinite_total", 0))
-        self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
-        if sampler is not None and state.get("sampler") is not None:
-            sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
 
     def resume(self, sampler=None) -> Path:
         """Load the latest complete checkpoint of the run dir (CheckpointError if none)."""
@@ -402,11 +573,15 @@ class Trainer:
 
     def _flops_per_token(self) -> float | None:
         counter = getattr(self.objective, "flops_per_token", None)
-        if counter is not None:
-            return counter(unwrap(self.model), self.cfg.seq_len)
+        model = unwrap(self.model)
         try:
-            return model_flops_per_token(unwrap(self.model), self.cfg.seq_len)
-        except AttributeError:  # a model without an lmforge decoder config
+            if counter is not None:
+                return counter(model, self.cfg.seq_len)
+            return model_flops_per_token(model, self.cfg.seq_len)
+        except AttributeError:  # a model without an lmforge config (a task model's head)
+            backbone = getattr(model, "backbone", None)
+            if backbone is not None and hasattr(backbone, "config"):
+                return model_flops_per_token(backbone, self.cfg.seq_len)
             return None
 
     def peak(self) -> tuple[float, str]:
@@ -419,48 +594,68 @@ class Trainer:
 
     def fit(
         self,
-        sampler,
-        eval_data: Callable[[], Iterable] | None = None,
+        batches,
+        evaluator: Callable[[nn.Module], dict] | None = None,
+        keep_best: KeepBest | None = None,
         resume: bool = False,
+        steps_per_epoch: int | None = None,
     ) -> dict:
-        """Train until `cfg.max_steps`; return the run summary.
+        """Train until `cfg.max_steps` (or early stopping); return the run summary.
 
-        `sampler.next_batch()` gives raw batches; `eval_data()` gives a fresh iterable of
-        validation batches each time it is called. With `resume`, training continues from
-        the latest complete checkpoint in the run dir.
+        `batches.next_batch()` gives raw micro-batches (with state_dict / load_state_dict
+        for exact resume); `evaluator(model)` returns {name: value} -- every
+        `cfg.eval_every` steps and at the end; `keep_best` keeps the weights of the best
+        evaluation in RUN_DIR/best and may stop early. With `resume`, training continues
+        from the latest complete checkpoint in the run dir. `steps_per_epoch` (fine-tuning)
+        adds the epoch to the records.
         """
         cfg = self.cfg
+        if keep_best is not None and (evaluator is None or self.run_dir is None):
+            raise ConfigError("keep_best needs an evaluator and a run directory")
         with torch_threads(cfg.threads):
             if resume:
-                self.resume(sampler)
-            elif self.run_dir is not None:
+                self.resume(batches)
+            elif self.run_dir is not None and self.is_main:
                 clean_partial(self.ckpt_dir)
             peak, peak_source = self.peak()
             log = None
-            if self.run_dir is not None:
+            if self.run_dir is not None and self.is_main:
                 log = RunLogger(self.run_dir, cfg.max_steps, self.step, cfg.progress,
-                                cfg.tensorboard)
+                                cfg.tensorboard,
+                                metric=keep_best.metric if keep_best else None)
             try:
-                return self._loop(sampler, eval_data, log, peak, peak_source)
+                return self._loop(batches, evaluator, keep_best, log, peak, peak_source,
+                                  steps_per_epoch)
             finally:
                 if log is not None:
                     log.close()
 
-    def _loop(self, sampler, eval_data, log: RunLogger | None, peak: float, peak_source: str):
+    def _evaluate_with(self, evaluator) -> dict:
+        with self._autocast():
+            return evaluator(self.forward_model)
+
+    def _loop(self, batches, evaluator, keep_best: KeepBest | None, log: RunLogger | None,
+              peak: float, peak_source: str, steps_per_epoch: int | None):
         cfg = self.cfg
         fpt = self.flops_per_token or 0.0
         window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
         last_loss = float("nan")
         evals: dict = {}
         saved_at = None
-        while self.step < cfg.max_steps:
-            raws = [sampler.next_batch() for _ in range(cfg.grad_accum)]
+        # a run that stopped early stays stopped when resumed
+        stopped_early = bool(keep_best and keep_best.patience
+                             and self.best["bad"] >= keep_best.patience)
+
+        def epoch_of(step: int) -> dict:
+            return {"epoch": math.ceil(step / steps_per_epoch)} if steps_per_epoch else {}
+
+        while self.step < cfg.max_steps and not stopped_early:
+            raws = [batches.next_batch() for _ in range(cfg.grad_accum)]
             t0 = time.perf_counter()
             result = self.train_step(raws)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
-            self.step += 1
             self.train_time += dt
             window_time += dt
             window_tokens += result.tokens
@@ -490,7 +685,7 @@ class Trainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 if window_steps and log:
                     log.log({
-                        "event": "train", "step": self.step,
+                        "event": "train", "step": self.step, **epoch_of(self.step),
                         "loss": window_loss / window_steps, "lr": result.lr,
                         "tokens": self.tokens, "tok_per_s": tok_s,
                         "mfu": mfu(fpt, tok_s, peak), "grad_norm": result.grad_norm,
@@ -498,20 +693,25 @@ class Trainer:
                     })
                 window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
             at_end = self.step == cfg.max_steps
-            if eval_data is not None and (at_end or (cfg.eval_every
+            if evaluator is not None and (at_end or (cfg.eval_every
                                                      and self.step % cfg.eval_every == 0)):
-                evals = self.evaluate(eval_data())
+                evals = self._evaluate_with(evaluator)
                 if log and evals:
-                    log.log({"event": "eval", "step": self.step, **evals})
+                    log.log({"event": "eval", "step": self.step, **epoch_of(self.step),
+                             **evals})
                     log.write(f"step {self.step}: " + ", ".join(
                         f"{k.removeprefix('val_').replace('_', ' ')} {v:.4g}"
-                        for k, v in evals.items() if k != "val_tokens"))
+                        for k, v in evals.items()
+                        if k != "val_tokens" and isinstance(v, (int, float))))
                     log.plot()
+                if keep_best is not None:
+                    stopped_early = self._keep_best(keep_best, evals, log)
+                at_end = at_end or stopped_early
             if self.run_dir is not None and (at_end or (cfg.save_every
                                                         and self.step % cfg.save_every == 0)):
-                saved_at = self.save(sampler)
-        if eval_data is not None and not evals:  # resumed at the end: report the final eval
-            evals = self.evaluate(eval_data())
+                saved_at = self.save(batches)
+        if evaluator is not None and not evals:  # resumed at the end: report the final eval
+            evals = self._evaluate_with(evaluator)
         if self.run_dir is not None and saved_at is None:
             saved_at = latest_checkpoint(self.ckpt_dir)
         summary = {
@@ -526,9 +726,35 @@ class Trainer:
             "mfu": mfu(fpt, self.tokens / self.train_time, peak) if self.train_time else 0.0,
             "peak_flops": peak, "peak_source": peak_source,
             "nonfinite_steps": self.nonfinite_total,
+            "world_size": self.world_size, "strategy": self.strategy,
             "checkpoint": str(saved_at) if saved_at else None,
         }
+        if keep_best is not None:
+            best = latest_checkpoint(self.best_dir)
+            summary.update({"best_step": self.best["step"], "best_value": self.best["value"],
+                            "best_checkpoint": str(best) if best else None,
+                            "stopped_early": self.step < cfg.max_steps})
+            if steps_per_epoch and self.best["step"]:
+                summary["best_epoch"] = math.ceil(self.best["step"] / steps_per_epoch)
         if log:
             log.log(summary)
             log.plot()
         return summary
+
+    def _keep_best(self, policy: KeepBest, scores: dict, log: RunLogger | None) -> bool:
+        """Save the weights when `scores` beat the best so far; True = stop early."""
+        value = scores.get(policy.metric)
+        if value is None:
+            raise ConfigError(f"keep-best metric {policy.metric!r} is not among the "
+                              f"evaluation's ({', '.join(scores) or 'none'})")
+        if policy.better(value, self.best["value"]):
+            self.best.update(value=float(value), step=self.step, bad=0, scores=dict(scores))
+            self.save_best(scores)
+            return False
+        self.best["bad"] += 1
+        if policy.patience and self.best["bad"] >= policy.patience:
+            if log:
+                log.write(f"early stop: no better {policy.metric} for {self.best['bad']} "
+                          "evaluations")
+            return True
+        return False

@@ -20,7 +20,7 @@ from lmforge.objectives.masking import byte_level_word_starts, make_rng, sequenc
 from lmforge.objectives.pairs import stop_token_ids
 from lmforge.objectives.t5_span import compute_input_and_target_lengths, span_corrupt
 from lmforge.tokenizer import Tokenizer, sentinel_tokens
-from lmforge.training.config import ObjectiveConfig
+from lmforge.objectives.config import ObjectiveConfig
 
 TEXT = (
     "First Citizen: Before we proceed any further, hear me speak. All: Speak, speak! "

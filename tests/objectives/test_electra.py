@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from lmforge.errors import ConfigError
 from lmforge.objectives import IGNORE, Electra, build
-from lmforge.pretrain import resolve_model_config
+from lmforge.models.config import resolve_model_config
 from lmforge.tokenizer import Tokenizer
-from lmforge.training.config import ObjectiveConfig
+from lmforge.objectives.config import ObjectiveConfig
 
 SPECIALS = ["<|endoftext|>", "[PAD]", "[CLS]", "[SEP]", "[MASK]"]
 TEXT = "Now is the winter of our discontent made glorious summer by this sun of York. " * 30

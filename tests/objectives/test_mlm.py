@@ -12,9 +12,9 @@ from lmforge.errors import ConfigError
 from lmforge.models import build as build_model
 from lmforge.objectives import IGNORE, MaskedLM, build
 from lmforge.objectives.pairs import stop_token_ids
-from lmforge.pretrain import resolve_model_config
+from lmforge.models.config import resolve_model_config
 from lmforge.tokenizer import Tokenizer
-from lmforge.training.config import ObjectiveConfig
+from lmforge.objectives.config import ObjectiveConfig
 
 SPECIALS = ["<|endoftext|>", "[PAD]", "[CLS]", "[SEP]", "[MASK]"]
 TEXT = ("To be, or not to be, that is the question. Whether 'tis nobler in the mind to "

@@ -9,6 +9,7 @@ from lmforge.errors import ConfigError, DataError
 from lmforge.models import build, presets
 from lmforge.objectives.clm import IGNORE
 from lmforge.tasks import get_task, load_task
+from lmforge.tasks.evaluator import score
 from lmforge.tasks.prompts import render_ids
 from lmforge.tasks.verbalizer import Verbalizer
 from lmforge.tokenizer import Tokenizer
@@ -112,7 +113,7 @@ def test_tiny_gpt_learns_eight_real_rows(tok, task):
     for _ in range(79):
         last = trainer.train_step([rows]).loss
     assert last < first / 50
-    assert mode.evaluate(model, rows)["accuracy"] == 1.0  # by label-word likelihood
+    assert score(mode, model, rows)["accuracy"] == 1.0  # by label-word likelihood
     by_generation = Verbalizer(task, tok, cfg, max_len=64, options={"predict_by": "generate"})
     assert by_generation.generate_text(model, rows[:2]) == [" positive", " positive"]
     assert by_generation.predict(model, rows) == [1, 1, 1, 1, 0, 0, 0, 0]
@@ -218,14 +219,14 @@ def test_tiny_gpt_learns_real_summaries(tok):
     rows = [dict(r, text=r["text"][:60]) for r in short[:4]]
     cfg, model = gpt(tok)
     mode = Verbalizer(task, tok, cfg, max_len=128, options={"max_target_len": 40})
-    before = mode.evaluate(model, rows)["rougeL"]
+    before = score(mode, model, rows)["rougeL"]
     trainer = Trainer(model, mode, TrainConfig(
         device="cpu", lr=3e-3, warmup_steps=0, max_steps=150, schedule="constant",
         weight_decay=0.0, progress=False, tensorboard=False))
     for _ in range(150):
         trainer.train_step([rows])
     assert mode.predict(model, rows) == [r["target"] for r in rows]
-    scores = mode.evaluate(model, rows)
+    scores = score(mode, model, rows)
     assert scores["rouge1"] == scores["rouge2"] == scores["rougeL"] == 1.0
     assert before < 0.2
 
