@@ -337,15 +337,43 @@ def cmd_convert(args) -> int:
         print(f"converted {src} ({model.config.family or 'decoder'}, "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) -> {args.out}")
         return 0
+    from .finetune import is_finetuned
     from .runs import load_run
 
-    run = load_run(args.to_hf, step=args.step)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise LmforgeError(f"{out} exists and is not empty; choose a new folder")
+    if is_finetuned(args.to_hf):
+        return _export_finetuned(args.to_hf, out, args.step)
+    run = load_run(args.to_hf, step=args.step)
     save_hf(run.model, out)
     run.tokenizer.save(out / "tokenizer.json")
     print(f"exported {run.path} ({run.checkpoint.name}) -> {out} (transformers format)")
+    return 0
+
+
+def _export_finetuned(run_dir: Path, out: Path, step: int | None) -> int:
+    """convert --to-hf on a fine-tuned run: its best checkpoint as the task's transformers
+    class (...ForSequenceClassification ...), or as the LM class for chat / text2text /
+    verbalizer runs; the run's tokenizer (chat tokens included) beside it."""
+    from .finetune import load_finetuned
+    from .interop.hf import hf_architecture, save_hf
+    from .interop.hf_heads import save_hf_task
+    from .models.heads import TaskModel
+
+    if step is not None:
+        raise LmforgeError("--step: a fine-tuned run exports its kept best checkpoint")
+    run = load_finetuned(run_dir)
+    if isinstance(run.model, TaskModel):
+        labels = getattr(run.mode, "labels", None) or getattr(run.task, "labels", None)
+        n = getattr(getattr(run.model.head, "out", None), "out_features", None)
+        cls = save_hf_task(run.model, out, labels=list(labels) if labels and len(labels) == n
+                           else None)
+    else:  # a generative fine-tune is an LM
+        save_hf(run.model, out)
+        cls = hf_architecture(run.model.config)
+    run.tokenizer.save(out / "tokenizer.json")
+    print(f"exported {run.path} ({run.checkpoint.name}, task {run.config.task}) -> {out} ({cls})")
     return 0
 
 

@@ -654,17 +654,19 @@ ENCODER_ARCH = {
 }
 
 
+def encoder_family(config: ModelConfig) -> str:
+    """bert, roberta, electra or albert: the config's family, or guessed from its flags."""
+    if config.family is not None:
+        return config.family
+    if config.share_layers:
+        return "albert"
+    if config.position_offset is not None:
+        return "roberta"
+    return "electra" if config.embedding_size is not None else "bert"
+
+
 def _encoder_architecture(config: ModelConfig) -> str:
-    family = config.family
-    if family is None:  # a hand-made config: guess from the flags
-        if config.share_layers:
-            family = "albert"
-        elif config.position_offset is not None:
-            family = "roberta"
-        elif config.embedding_size is not None:
-            family = "electra"
-        else:
-            family = "bert"
+    family = encoder_family(config)
     key = (family, config.encoder_head)
     if key not in ENCODER_ARCH:
         known = ", ".join(f"{f}+{h}" for f, h in ENCODER_ARCH)
@@ -1071,11 +1073,15 @@ def _split_sizes(config: ModelConfig, ours: str, n_parts: int) -> list[int]:
 
 def hf_state_dict(model: torch.nn.Module) -> dict[str, Tensor]:
     """The model's weights under transformers names and layouts (fresh tensors)."""
+    return table_state_dict(model, ARCHITECTURES[hf_architecture(model.config)][2])
+
+
+def table_state_dict(model: torch.nn.Module, table: list[Rule]) -> dict[str, Tensor]:
+    """The model's tensors renamed (split, transposed) by a weight table's rows."""
     config = model.config
-    arch = hf_architecture(config)
     ours = model.state_dict()
     out = {}
-    for rule in _rules_for(set(ours), config, ARCHITECTURES[arch][2]):
+    for rule in _rules_for(set(ours), config, table):
         tensor = ours[rule.ours].detach()
         parts = (
             [tensor]
