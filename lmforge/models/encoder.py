@@ -52,6 +52,7 @@ class EncoderOutput:
     prediction_logits: Tensor | None = None  # MLM logits of the pretraining classes
     seq_relationship_logits: Tensor | None = None  # NSP (B, 2)
     sop_logits: Tensor | None = None  # SOP (B, 2)
+    virtual_hidden_state: Tensor | None = None  # (B, n, d) prompt tuning's virtual tokens
 
 
 def roberta_positions(input_ids: Tensor, pad_token_id: int) -> Tensor:

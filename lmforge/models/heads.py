@@ -250,6 +250,8 @@ class TaskModel(nn.Module):
         arch = self.config.arch
         if arch == "encoder":
             out = self.backbone(input_ids, attention_mask, token_type_ids)
+            if self.pooling == "first" and out.virtual_hidden_state is not None:
+                return out.virtual_hidden_state, None  # prompt tuning: the first virtual token
             return out.last_hidden_state, out.pooler_output
         if arch == "decoder":  # logits of one position only: the LM head is not used
             out = self.backbone(input_ids, attention_mask, logits_to_keep=1)

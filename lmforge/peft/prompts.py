@@ -29,7 +29,8 @@ lmforge/interop/peft_prompts.py gives the same logits under `peft.PeftModel`:
 - the attention mask gains n ones in front: every real token sees every virtual one
   (causal among the real tokens in a decoder);
 - the outputs drop the virtual positions (logits, hidden states), except the pooler of an
-  encoder, which reads position 0 as in transformers: the first virtual token;
+  encoder, which reads position 0 as in transformers: the first virtual token (and so does
+  a TaskModel's "first" pooling; "last" and "eos" read the last real / EOS token);
 - encoder-decoders: prompt / P-tuning prepend to the encoder input (the decoder reads
   the n extra memory rows); prefix-tuning adds prefixes to the decoder's self-attention
   only, laid out as peft lays them out (see `PrefixEncoder.layer_kv`);
@@ -285,6 +286,7 @@ class VirtualEncoder(Encoder):
         out = self.heads(x)  # the pooler reads position 0: the first virtual token (as peft)
         if self.prompt_encoder.method != "prefix":
             n = self.num_virtual_tokens
+            out.virtual_hidden_state = x[:, :n]  # "first" pooling reads these (peft)
             out.last_hidden_state = out.last_hidden_state[:, n:]
             for name in ("logits", "prediction_logits"):
                 if getattr(out, name) is not None:

@@ -277,6 +277,19 @@ def test_last_token_pooling_reads_the_last_real_token():
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
 
 
+def test_first_token_pooling_reads_the_first_virtual_token():
+    """RoBERTa-style heads read h[:, 0]: after prompt tuning, the first virtual token (as
+    peft, whose model sees [P; x]); the pooler of BERT likewise (test above)."""
+    base, model = _task("tiny-roberta", "first"), _task("tiny-roberta", "first")
+    prompts.apply(model, _cfg("prompt"))
+    tokens = torch.tensor([7, 11, 13, 17])
+    _set_prompt_to_tokens(model, tokens)
+    ids = _ids()
+    with torch.no_grad():
+        got, ref = model(ids), base(torch.cat((tokens.expand(2, N), ids), 1))
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+
+
 def test_modules_to_save_names_what_trains():
     model = _task("tiny-bert", "pooler")
     prompts.apply(model, _cfg("prefix", modules_to_save=["backbone.pooler"]))
