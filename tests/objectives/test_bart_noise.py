@@ -89,6 +89,22 @@ def test_span_lengths_are_poisson():
     assert 2.6 < np.concatenate(plans).mean() < 3.2
 
 
+@pytest.mark.parametrize("lam", [1.0, 6.0])
+def test_span_lengths_follow_the_configured_lambda(lam):
+    """lambda reaches the spans: their mean length is lambda, so infilling ceil(0.3 * 512)
+    = 154 tokens leaves ~154 / lambda [MASK]s. A plan that kept lambda = 3 whatever it was
+    given (mean 2.95, ~52 masks) fails both cases. Measured: mean 0.99 / 5.85 (the cut last
+    span pulls it below lambda), masks 153.7 / 26.1."""
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([infill_plan(512, rng, poisson_lambda=lam)[1] for _ in range(100)])
+    assert abs(lengths.mean() - lam) < 0.1 * lam
+    assert within(int((lengths == 0).sum()), len(lengths), math.exp(-lam))  # P(0) = e^-lambda
+    ids = 1000 + np.arange(512)
+    masks = [int((text_infilling(ids, rng, mask_id=MASK, poisson_lambda=lam)[0] == MASK).sum())
+             for _ in range(50)]
+    assert abs(np.mean(masks) - 154 / lam) < 0.1 * 154 / lam
+
+
 def test_zero_length_span_inserts_a_mask():
     ids = 1000 + np.arange(40)
     found = 0

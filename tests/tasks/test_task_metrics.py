@@ -8,7 +8,7 @@ from seqeval.metrics import f1_score as seqeval_f1
 from sklearn.metrics import f1_score, matthews_corrcoef
 
 from lmforge.errors import ConfigError, DataError
-from lmforge.tasks.metrics import compute, greater_is_better, normalize_answer
+from lmforge.tasks.metrics import compute, greater_is_better, normalize_answer, squad_f1
 
 # 10 examples: TP = 3, FN = 1 (index 3), FP = 1 (index 4), TN = 5
 REFS = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
@@ -83,6 +83,16 @@ def test_squad_em_f1_by_hand():
     assert got["squad_f1"] == pytest.approx((1 + 1 / 2) / 2)
     # a plain string reference is one gold answer
     assert compute(["exact_match"], ["an apple"], ["apple"])["exact_match"] == 1.0
+
+
+def test_squad_f1_counts_repeated_tokens():
+    """Overlap is a multiset (SQuAD's Counter &): "cat cat" against "cat cat dog" shares 2
+    tokens, P = 2/2, R = 2/3, F1 = 0.8 (as sets: 1 shared, F1 = 0.4); an exact answer with a
+    repeated word is F1 1 (as sets: 0.5)."""
+    assert squad_f1(["cat cat"], ["cat cat dog"]) == pytest.approx(0.8)
+    assert squad_f1(["cat cat"], ["cat cat"]) == 1.0
+    got = compute(["squad_f1"], ["cat cat dog", "the cat, the cat"], [["cat cat"], ["cat cat"]])
+    assert got["squad_f1"] == pytest.approx((0.8 + 1) / 2)  # P = 2/3, R = 1; normalized: exact
 
 
 def test_errors_and_direction():
