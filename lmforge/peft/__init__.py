@@ -20,7 +20,7 @@ from ..errors import CheckpointError, ConfigError
 from ..models.layers import LayerNorm, RMSNorm
 from . import adapters, lora
 from .config import PeftConfig
-from .lora import LoRALinear, merged_state_dict
+from .lora import LoRALinear, merge_and_unload, merged_state_dict
 
 
 def apply(model: nn.Module, cfg: PeftConfig) -> nn.Module:
@@ -122,6 +122,7 @@ __all__ = [
     "count_trainable",
     "load_trainable",
     "merge",
+    "merge_and_unload",
     "merged_state_dict",
     "trainable_state_dict",
     "unmerge",

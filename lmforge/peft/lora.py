@@ -189,3 +189,17 @@ def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:
                 w[lora.start : lora.end] += lora.delta_weight().detach()
             state[key] = w
     return state
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Fold every LoRA into its weight and put plain `nn.Linear` layers back (in place):
+    the model without PEFT, its state dict loadable into a model built from its config."""
+    for path, m in list(model.named_modules()):
+        if isinstance(m, LoRALinear):
+            m.merge()
+            plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None,
+                              device="meta")
+            plain.weight, plain.bias = m.weight, m.bias  # the same (merged) tensors
+            parent_path, _, name = path.rpartition(".")
+            setattr(model.get_submodule(parent_path) if parent_path else model, name, plain)
+    return model

@@ -155,6 +155,19 @@ def test_merge_and_unmerge(name):
         assert _close(_out(plain), lora)
 
 
+def test_merge_and_unload_gives_the_plain_model():
+    model = _model("tiny-llama")
+    peft.apply(model, _lora(targets=["all-linear"]))
+    _randomize_B(model)
+    with torch.no_grad():
+        lora = _out(model)
+        peft.merge_and_unload(model)
+        assert not any(isinstance(m, LoRALinear) for m in model.modules())
+        assert _close(_out(model), lora)
+    plain = _model("tiny-llama")
+    plain.load_state_dict(model.state_dict())  # strict: exactly the plain model's keys
+
+
 def test_tied_embeddings_survive_apply_and_merge():
     model = _model("tiny-gpt2")
     assert model.config.tie_embeddings
