@@ -322,6 +322,12 @@ def cmd_convert(args) -> int:
 
         src = Path(args.from_hf)
         model = load_hf(src)
+        adapter = args.adapter or (src if (src / "adapter_config.json").is_file() else None)
+        if adapter is not None:  # a peft LoRA adapter: folded into the imported weights
+            from .interop.peft_format import import_lora
+            from .peft import merge_and_unload
+
+            model = merge_and_unload(import_lora(model, adapter))
         if (src / "tokenizer.json").is_file():
             tok = Tokenizer.from_hf_json(src / "tokenizer.json")
         elif (src / "vocab.json").is_file() and (src / "merges.txt").is_file():
@@ -478,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = add("convert", cmd_convert)
     q.add_argument("--from-hf", type=Path, help="a transformers checkpoint folder")
     q.add_argument("--to-hf", type=Path, help="an lmforge run directory")
+    q.add_argument("--adapter", type=Path, help="with --from-hf: a peft LoRA adapter folder "
+                   "(default: the one beside the weights, if any), merged into the weights")
     q.add_argument("--out", type=Path, required=True)
     q.add_argument("--step", type=int, default=None)
     return p

@@ -2,6 +2,8 @@
 
     export_lora(model, cfg, None, "hf_dir")   # adapter_config.json + adapter_model.safetensors
     import_lora(model, "hf_dir")              # the same files onto an lmforge model
+    export_hf(model, "hf_dir", cfg, merge=False)   # save_hf (the base) + export_lora
+    save_merged_hf(model, "hf_dir")           # W0 + (alpha / r) B A, a plain HF model
 
 The adapter is written for the transformers class `save_hf` writes for the model (GPT-2,
 Llama, BERT, BART, T5, ...), so that
@@ -34,6 +36,7 @@ from torch import Tensor, nn
 
 from ..atomic import atomic_path, write_text
 from ..errors import CheckpointError
+from ..peft import adapters as adapters_mod
 from ..peft import lora as lora_mod
 from ..peft.config import PeftConfig
 from .hf import ARCHITECTURES, _expand, _split_sizes, hf_architecture, save_hf
@@ -234,3 +237,20 @@ def save_merged_hf(model: nn.Module, out_dir: str | Path) -> None:
             for layer, w0 in zip(layers, saved):
                 layer.weight.copy_(w0)
                 layer.merged = False
+
+
+def export_hf(model: nn.Module, out_dir: str | Path, cfg: PeftConfig | None = None,
+              merge: bool = False) -> None:
+    """`convert --to-hf` for a LoRA model: the base in transformers format with the LoRA
+    beside it as a peft adapter (one folder), or with `merge` the merged weights alone.
+    A task model exports its backbone (transformers task heads have no export yet)."""
+    body = model.backbone if hasattr(model, "backbone") else model
+    if adapters_mod.adapter_layers(body):
+        raise CheckpointError("Houlsby adapters have no peft format (peft has no Houlsby "
+                              "adapter; AdapterHub's check: bench/adapters_check.py)")
+    if merge:
+        save_merged_hf(body, out_dir)
+        return
+    save_hf(body, out_dir)
+    if lora_mod.lora_layers(body):
+        export_lora(body, cfg, None, out_dir)

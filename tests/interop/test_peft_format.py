@@ -212,3 +212,71 @@ def test_task_model_and_missing_files_are_refused(tmp_path):
     task = TaskModel(build(presets.get("tiny-bert")), ClassificationHead(64, 2), "first")
     peft.apply(task, peft.PeftConfig(method="lora"))
     _one_line_error(export_lora, task, None, None, tmp_path, match="not a task model")
+
+
+def _minilm_root():
+    from lmforge.data import registry
+    from lmforge.errors import DataError
+
+    try:
+        files = registry.files("minilm")
+    except DataError as e:
+        pytest.skip(str(e))
+    return next(f for f in files if f.name == "config.json").parent
+
+
+def test_convert_from_hf_merges_a_peft_adapter(tmp_path, capsys):
+    """lmforge convert --from-hf BASE --adapter DIR: the run holds W0 + (alpha / r) B A."""
+    from lmforge.cli import main
+    from lmforge.runs import load_run
+
+    root = _minilm_root()
+    hf = peft_lib.get_peft_model(transformers.BertModel.from_pretrained(root).eval(),
+                                 peft_lib.LoraConfig(r=4, lora_alpha=8,
+                                                     target_modules=["query", "value"]))
+    with torch.no_grad():
+        for n, p in hf.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, 0.05)
+    hf.eval().save_pretrained(tmp_path / "adapter")
+    out = tmp_path / "run"
+    assert main(["convert", "--from-hf", str(root), "--adapter", str(tmp_path / "adapter"),
+                 "--out", str(out)]) == 0
+    run = load_run(out)
+    with torch.no_grad():
+        ours = run.model(IDS).last_hidden_state
+        theirs = hf(input_ids=IDS).last_hidden_state
+        plain = hf.get_base_model()
+        with hf.disable_adapter():
+            base = plain(input_ids=IDS).last_hidden_state
+    assert (ours - base).abs().max() > 1e-3
+    assert _close(ours, theirs)
+    # an adapter of a method lmforge lacks: one line, exit 2, no run written
+    ia3 = _peft_adapter("tiny-bert", tmp_path, peft_lib.IA3Config(
+        target_modules=["key", "value"], feedforward_modules=[]))  # fmt: skip
+    capsys.readouterr()
+    assert main(["convert", "--from-hf", str(root), "--adapter", str(ia3),
+                 "--out", str(tmp_path / "run2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a peft IA3 adapter; lmforge imports LoRA" in err
+    assert not (tmp_path / "run2").exists()
+
+
+def test_export_hf_of_a_task_model_writes_its_backbone_and_adapter(tmp_path):
+    from lmforge.interop.peft_format import export_hf
+    from lmforge.models.heads import ClassificationHead, TaskModel
+
+    body, cfg = _lora_model("tiny-bert", ["q", "v"])
+    task = TaskModel(body, ClassificationHead(64, 2), "first")
+    export_hf(task, tmp_path, cfg)
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "config.json", "model.safetensors", "adapter_config.json", "adapter_model.safetensors"}
+    hf = peft_lib.PeftModel.from_pretrained(
+        transformers.BertForPreTraining.from_pretrained(tmp_path), tmp_path).eval()
+    assert _close(_ours(body), _theirs(hf))
+    export_hf(task, tmp_path / "merged", cfg, merge=True)
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    merged = transformers.BertForPreTraining.from_pretrained(tmp_path / "merged").eval()
+    assert _close(_ours(body), _theirs(merged))
+    houlsby = peft.apply(build(presets.get("tiny-bert")), peft.PeftConfig(method="adapters"))
+    _one_line_error(export_hf, houlsby, tmp_path / "h", match="Houlsby adapters have no peft")
