@@ -46,6 +46,7 @@ from ..atomic import atomic_dir, clean_temps, remove_dir
 from ..errors import CheckpointError
 
 WEIGHTS, STATE, META = "model.safetensors", "state.pt", "meta.json"
+SHARDED = "sharded"  # FSDP: a torch.distributed.checkpoint folder in place of WEIGHTS
 FILES = "files"  # meta.json: {name: {"bytes": size, "sha256": hex digest}}
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -69,7 +70,8 @@ def step_dirs(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def _has_files(path: Path) -> bool:
-    return all((path / f).is_file() for f in (WEIGHTS, STATE, META))
+    weights = (path / WEIGHTS).is_file() or (path / SHARDED).is_dir()
+    return weights and all((path / f).is_file() for f in (STATE, META))
 
 
 def is_complete(path: str | Path) -> bool:
@@ -80,10 +82,9 @@ def is_complete(path: str | Path) -> bool:
         return False
     try:
         records = read_meta(path).get(FILES) or {}
-    except CheckpointError:
+        return all((path / name).stat().st_size == r["bytes"] for name, r in records.items())
+    except (CheckpointError, OSError):  # OSError: being pruned while we look
         return False
-    return all((path / name).is_file() and (path / name).stat().st_size == r["bytes"]
-               for name, r in records.items())
 
 
 def list_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
@@ -215,7 +216,8 @@ def damage(path: str | Path, names: list[str] | None = None) -> str | None:
     except CheckpointError as e:
         return str(e)
     if names is None:
-        names = sorted({WEIGHTS, STATE, *(records or {})})
+        sharded = (path / SHARDED).is_dir() and not (path / WEIGHTS).exists()
+        names = sorted({STATE, *(records or {})} | (set() if sharded else {WEIGHTS}))
     for name in names:
         problem = _file_damage(path / name, (records or {}).get(name) if records else None)
         if problem:
@@ -281,8 +283,9 @@ def save_state_dict_checkpoint(
 def _tensor_bytes(obj) -> int:
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
-    if isinstance(obj, nn.Module):
-        return sum(_tensor_bytes(t) for t in obj.state_dict().values())
+    if isinstance(obj, nn.Module):  # tied weights once
+        return sum(_tensor_bytes(t) for t in {t.data_ptr(): t for t in
+                                              obj.state_dict().values()}.values())
     if isinstance(obj, dict):
         return sum(_tensor_bytes(v) for v in obj.values())
     if isinstance(obj, (list, tuple)):
@@ -300,6 +303,25 @@ def _save(ckpt_dir, step, weights: dict, state: dict, meta: dict | None,
         _write_state(state, tmp / STATE)
         files = {name: _record(tmp / name) for name in [*weights, STATE]}
         _write_json({"step": step, **(meta or {}), FILES: files}, tmp / META)  # last
+    if keep_last is not None:
+        prune(ckpt_dir, step, keep_last)
+    return path
+
+
+def finish_sharded_checkpoint(tmp: Path, ckpt_dir: str | Path, step: int, state: dict,
+                              meta: dict | None = None, keep_last: int | None = None) -> Path:
+    """Complete an FSDP checkpoint whose shards every rank wrote into `tmp`/sharded
+    (rank 0 calls this): the training state and meta.json (with every shard file's size
+    and sha256), then the rename into step-`step` and the pruning."""
+    tmp, path = Path(tmp), Path(ckpt_dir) / f"step-{step}"
+    _write_state(to_safe(state), tmp / STATE)
+    names = [STATE, *sorted(str(f.relative_to(tmp)) for f in (tmp / SHARDED).rglob("*")
+                            if f.is_file())]
+    _write_json({"step": step, **(meta or {}), FILES: {n: _record(tmp / n) for n in names}},
+                tmp / META)  # last
+    if path.exists():
+        remove_dir(path)
+    tmp.rename(path)
     if keep_last is not None:
         prune(ckpt_dir, step, keep_last)
     return path
@@ -391,6 +413,12 @@ def load_weights(path: str | Path, model: nn.Module) -> None:
     raises CheckpointError naming the first tensor that does not fit.
     """
     path = Path(path)
+    if path.is_dir() and not (path / WEIGHTS).exists() and (path / SHARDED).is_dir():
+        from .distributed import load_sharded_single  # an FSDP checkpoint, into one process
+
+        verify(path)
+        load_sharded_single(path / SHARDED, model)
+        return
     file = path / WEIGHTS if path.is_dir() else path
     if not file.is_file():
         raise CheckpointError(f"no weights at {file}")
