@@ -66,6 +66,8 @@ class LoRALinear(nn.Linear):
 
     def add(self, name: str, start: int, end: int, r: int, alpha: float,
             rslora: bool = False, dropout: float = 0.0) -> LoRA:
+        if name in self.lora:
+            raise ConfigError(f"peft: this layer already has a LoRA on {name!r}")
         lora = LoRA(self.in_features, start, end, r, alpha, rslora, dropout)
         lora.to(device=self.weight.device, dtype=self.weight.dtype)
         self.lora[name] = lora
