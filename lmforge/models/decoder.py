@@ -131,8 +131,8 @@ class Decoder(nn.Module):
         `segment_ids` (B, T) marks packed sequences: a token attends only to earlier
         tokens of its own segment (pass each sequence's `position_ids` with it).
         `inputs_embeds` (B, T, d) replaces the token embeddings of `input_ids` (pass None
-        for those); scaling and positions apply as to looked-up embeddings (prompt tuning
-        prepends learned vectors this way, lmforge/peft/prompts.py).
+        for those), taken as already scaled (Gemma's sqrt(d)); positions apply as to
+        looked-up ones (prompt tuning prepends learned vectors this way, peft/prompts.py).
         """
         config = self.config
         past_key_values = past_key_values if past_key_values is not None else cache
@@ -153,9 +153,12 @@ class Decoder(nn.Module):
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, past, T, device)
 
-        x = self.tok_embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, d)
-        if self.embed_scale is not None:
-            x = x * self.embed_scale  # Gemma: embeddings * sqrt(d)
+        if inputs_embeds is None:
+            x = self.tok_embed(input_ids)  # (B, T, d)
+            if self.embed_scale is not None:
+                x = x * self.embed_scale  # Gemma: embeddings * sqrt(d)
+        else:
+            x = inputs_embeds  # scaled already (transformers 5: the scale is in the embedding)
         if self.pos_embed is not None:
             x = x + self.pos_embed(position_ids)  # learned or sinusoidal positions
         x = self.drop(x)

@@ -249,7 +249,7 @@ class Seq2Seq(nn.Module):
     def _embed(self, ids: Tensor | None, pos: nn.Embedding | None, norm: nn.Module | None,
                past: int, embeds: Tensor | None = None):  # fmt: skip
         x = self.tok_embed(ids) if embeds is None else embeds  # (B, T, d)
-        if self.embed_scale is not None:
+        if self.embed_scale is not None and embeds is None:  # embeds come scaled (as in HF)
             x = x * self.embed_scale  # BART scale_embedding: * sqrt(d)
         if pos is not None:  # BART: learned positions, row = position + offset (2)
             x = x + pos(torch.arange(past, past + x.shape[1], device=x.device) + self.offset)
@@ -260,8 +260,8 @@ class Seq2Seq(nn.Module):
     def encode(self, input_ids: Tensor | None, attention_mask: Tensor | None = None,
                inputs_embeds: Tensor | None = None) -> EncoderOutput:  # fmt: skip
         """The memory: (B, S, d) hidden states of the source (bidirectional attention).
-        `inputs_embeds` (B, S, d) replaces the token embeddings of `input_ids` (prompt
-        tuning prepends learned vectors this way)."""
+        `inputs_embeds` (B, S, d) replaces the (scaled) token embeddings of `input_ids`
+        (prompt tuning prepends learned vectors this way)."""
         B, S = (input_ids if inputs_embeds is None else inputs_embeds).shape[:2]
         if self.enc_pos is not None and S > self.config.max_seq_len:
             raise ValueError(f"source of {S} tokens is longer than max_seq_len")

@@ -143,6 +143,14 @@ class PrefixEncoder(nn.Module):
         self.embedding = nn.Embedding(*prefix.shape, device=prefix.device, dtype=prefix.dtype)
         self.embedding.weight.copy_(prefix)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A folded prefix's state (embedding (n, 2 L d_kv), no MLP) folds this one first."""
+        weight = state_dict.get(prefix + "embedding.weight")
+        mlp = any(k.startswith(prefix + "transform.") for k in state_dict)
+        if weight is not None and not mlp and not self.folded:
+            self.fold()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def layer_kv(self, batch: int) -> list[tuple[Tensor, Tensor]]:
         """(K_l, V_l), each (batch, nkv, n, hs), for each layer l that gets a prefix.
 
@@ -163,10 +171,23 @@ class PrefixEncoder(nn.Module):
         return out
 
 
-def _fill(buffers: list[KVBuffer], kv: list[tuple[Tensor, Tensor]]) -> None:
+def _fill(model: nn.Module, buffers: list[KVBuffer], batch: int) -> None:
     """Write each layer's prefix into its (empty) cache buffer: positions 0 .. n-1."""
-    for buffer, (k, v) in zip(buffers, kv, strict=True):
-        buffer.update(k, v)
+    if model.training and (model.config.gradient_checkpointing
+                           or getattr(model, "gradient_checkpointing", False)):  # fmt: skip
+        raise ConfigError("peft.method prefix: does not work with activation checkpointing "
+                          "(the prefix lives in the KV cache)")  # fmt: skip
+    dtype = model.tok_embed.weight.dtype
+    for buffer, (k, v) in zip(buffers, model.prompt_encoder.layer_kv(batch), strict=True):
+        buffer.update(k.to(dtype), v.to(dtype))
+
+
+def _token_embeds(body: nn.Module, input_ids: Tensor) -> Tensor:
+    """E(x) as the model uses it: Gemma / BART scale_embedding multiply by sqrt(d). The
+    prompt joins them unscaled, as peft's (transformers 5 scales inside the embedding)."""
+    x = body.tok_embed(input_ids)
+    scale = getattr(body, "embed_scale", None)
+    return x if scale is None else x * scale
 
 
 def _extend(mask: Tensor | None, n: int) -> Tensor | None:
@@ -217,7 +238,7 @@ class VirtualDecoder(Decoder):
             own = cache is None
             cache = KVCache(self.config.n_layer) if own else cache
             if cache.length == 0:  # the prefix goes in first: positions 0 .. n-1
-                _fill(cache.layers, pe.layer_kv(B))
+                _fill(self, cache.layers, B)
             if position_ids is not None:
                 position_ids = position_ids + n
             out = super().forward(input_ids, attention_mask, position_ids, cache, True,
@@ -229,7 +250,7 @@ class VirtualDecoder(Decoder):
             position_ids = None if position_ids is None else position_ids + n
             return super().forward(input_ids, attention_mask, position_ids, cache, use_cache,
                                    logits_to_keep, inputs_embeds=inputs_embeds)  # fmt: skip
-        embeds = self.tok_embed(input_ids) if inputs_embeds is None else inputs_embeds
+        embeds = _token_embeds(self, input_ids) if inputs_embeds is None else inputs_embeds
         out = super().forward(
             None, attention_mask, _virtual_positions(position_ids, n), cache, use_cache,
             logits_to_keep or T, inputs_embeds=_prepend(pe, embeds),
@@ -255,7 +276,7 @@ class VirtualEncoder(Encoder):
         attention_mask = _extend(attention_mask, n)
         if pe.method == "prefix":
             cache = KVCache(config.n_layer)
-            _fill(cache.layers, pe.layer_kv(B))
+            _fill(self, cache.layers, B)
             position_ids = None if position_ids is None else position_ids + n
             return Encoder.encode(self, input_ids, attention_mask, token_type_ids,
                                   position_ids, inputs_embeds, cache)  # fmt: skip
@@ -264,7 +285,7 @@ class VirtualEncoder(Encoder):
         start = 0 if config.position_offset is None else config.pad_token_id + 1
         if position_ids is None and input_ids is not None and config.position_offset is not None:
             position_ids = roberta_positions(input_ids, config.pad_token_id)
-        embeds = self.tok_embed(input_ids) if inputs_embeds is None else inputs_embeds
+        embeds = _token_embeds(self, input_ids) if inputs_embeds is None else inputs_embeds
         return Encoder.encode(self, None, attention_mask, token_type_ids,
                               _virtual_positions(position_ids, n, start), _prepend(pe, embeds))
 
@@ -308,7 +329,7 @@ class VirtualSeq2Seq(Seq2Seq):
         pe, n = self.prompt_encoder, self.num_virtual_tokens
         if pe.method == "prefix":  # peft: no prefix in the encoder
             return super().encode(input_ids, attention_mask, inputs_embeds)
-        embeds = self.tok_embed(input_ids) if inputs_embeds is None else inputs_embeds
+        embeds = _token_embeds(self, input_ids) if inputs_embeds is None else inputs_embeds
         return super().encode(None, _extend(attention_mask, n), _prepend(pe, embeds))
 
     def decode(self, decoder_input_ids, memory, attention_mask=None,
@@ -322,7 +343,7 @@ class VirtualSeq2Seq(Seq2Seq):
         if cache is None:
             cache = Seq2SeqCache(self.config.decoder_layers)
         if cache.length == 0:
-            _fill(cache.self_attn.layers, pe.layer_kv(decoder_input_ids.shape[0]))
+            _fill(self, cache.self_attn.layers, decoder_input_ids.shape[0])
         return super().decode(decoder_input_ids, memory, attention_mask,
                               _extend(decoder_attention_mask, n), cache)  # fmt: skip
 
@@ -360,7 +381,7 @@ def make_prompt_encoder(body: nn.Module, cfg: PeftConfig) -> nn.Module:
         init = None
         if cfg.prompt_init == "vocab":
             ids = torch.randint(0, body.tok_embed.num_embeddings, (n,))
-            init = body.tok_embed.weight[ids].detach().float()
+            init = _token_embeds(body, ids).detach().float()
         return SoftPrompt(n, d, init)
     if cfg.method == "ptuning":
         return PromptEncoder(n, d, cfg.encoder_hidden, cfg.prompt_encoder)

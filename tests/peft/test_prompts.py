@@ -24,7 +24,7 @@ from lmforge.peft.config import PeftConfig
 
 N = 4  # virtual tokens
 METHODS = ["prompt", "prefix", "ptuning"]
-DECODERS = ["tiny-gpt2", "tiny-llama"]
+DECODERS = ["tiny-gpt2", "tiny-llama", "tiny-gemma"]  # Gemma: scaled embeddings
 SEQ2SEQ = ["tiny-bart", "tiny-t5"]
 
 
@@ -58,7 +58,7 @@ def _set_prompt_to_tokens(model, tokens):
     """Prompt tuning with P = E(tokens): the virtual tokens are these real tokens."""
     pe = prompts.prompt_encoder(model)
     with torch.no_grad():
-        pe.embedding.weight.copy_(prompts._body(model).tok_embed.weight[tokens])
+        pe.embedding.weight.copy_(prompts._token_embeds(prompts._body(model), tokens))
 
 
 def _set_prefix_to_tokens(model, base, tokens):
@@ -389,3 +389,37 @@ def test_bad_input():
         prompts.prompt_encoder(build(presets.get("tiny-gpt2")))
     with pytest.raises(ConfigError, match="handles"):
         prompts.apply(build(presets.get("tiny-gpt2")), PeftConfig(method="lora"))
+
+
+def test_folded_prefix_state_loads_into_a_fresh_model():
+    model = prompts.fold(_apply(_base("tiny-llama"), "prefix"))
+    fresh = prompts.apply(_base("tiny-llama"), _cfg("prefix"))
+    fresh.load_state_dict(model.state_dict())  # folds itself: the state has no MLP
+    assert prompts.prompt_encoder(fresh).folded
+    ids = _ids()
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, model(ids).logits)
+
+
+def test_sliding_window_counts_the_virtual_tokens():
+    """GPT-2 (128 learned positions) with 100 virtual tokens slides over 28 real ones."""
+    model = prompts.apply(_base("tiny-gpt2"), PeftConfig(method="prompt", num_virtual_tokens=100))
+    ids = _ids(B=1, T=20)
+    a = generate(model, ids, max_new_tokens=15, eos_token_id=[])
+    b = generate(model, ids, max_new_tokens=15, eos_token_id=[], use_cache=False)
+    assert a.shape == (1, 35) and torch.equal(a, b)
+    with torch.no_grad():  # the last token follows the last 28 tokens only
+        last = model(a[:, -29:-1]).logits[:, -1].argmax(-1)
+    assert int(last) == int(a[0, -1])
+
+
+def test_prefix_in_bfloat16_and_checkpointing_switched_on_later():
+    model = _apply(_base("tiny-llama"), "prefix").to(torch.bfloat16)
+    ids, mask = pad_left([[3, 4, 5, 6, 7, 9], [8, 9, 10]])
+    a = generate(model, ids, mask, max_new_tokens=5, eos_token_id=[])
+    b = generate(model, ids, mask, max_new_tokens=5, eos_token_id=[], use_cache=False)
+    assert torch.equal(a, b)
+    model.gradient_checkpointing = True
+    model.train()
+    with pytest.raises(ConfigError, match="checkpointing"):
+        model(ids)
