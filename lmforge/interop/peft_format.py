@@ -57,10 +57,10 @@ def _hf_linears(model: nn.Module) -> tuple[str, dict[str, tuple[str, int, int]]]
     out = {}
     for rule in _expand(ARCHITECTURES[arch][2], config.n_layer, config.decoder_layers):
         path = rule.ours.removesuffix(".weight")
-        if not rule.ours.endswith(".weight") or path not in linears or rule.ffn not in (
-            None, config.ffn
-        ):
-            continue
+        if path not in linears or not rule.ours.endswith(".weight"):
+            continue  # biases, norms, embeddings
+        if rule.ffn not in (None, config.ffn):
+            continue  # T5 v1.0's wi vs v1.1's wi_0 / wi_1
         n_out = model.get_submodule(path).out_features
         sizes = [n_out] if len(rule.theirs) == 1 else \
             _split_sizes(config, rule.ours, len(rule.theirs))  # fmt: skip
