@@ -203,8 +203,9 @@ def init(cfg: DistributedConfig, device_name: str) -> Dist:
     backend = cfg.backend or ("nccl" if device.type == "cuda" else "gloo")
     owns = not td.is_initialized()
     if owns:
+        bound = {"device_id": device} if device.type == "cuda" else {}  # NCCL: our GPU
         td.init_process_group(backend, rank=rank, world_size=world,
-                              timeout=timedelta(seconds=cfg.timeout_s))
+                              timeout=timedelta(seconds=cfg.timeout_s), **bound)
     return Dist(rank=rank, world_size=world, local_rank=local_rank, strategy=strategy,
                 device=device, reshard_after_forward=cfg.reshard_after_forward, owns_group=owns)
 
@@ -242,7 +243,7 @@ def _mp_policy(precision: str):
 
 
 def wrap(model: nn.Module, dist: Dist, precision: str = "fp32",
-         find_unused_parameters: bool = True) -> nn.Module:
+         find_unused_parameters: bool = False) -> nn.Module:
     """The model to train under `dist.strategy`, moved to `dist.device`.
 
     none: the model itself. ddp: DistributedDataParallel. fsdp: FSDP2 -- `fully_shard`
@@ -252,10 +253,10 @@ def wrap(model: nn.Module, dist: Dist, precision: str = "fp32",
     root is not resharded between forward and backward.
     `precision` (train.precision) gives FSDP's mixed-precision policy.
 
-    `find_unused_parameters` (DDP): a model may hold parameters that get no gradient (a
-    pooler or a head the loss does not read); plain DDP then fails at the second step,
-    so by default it walks the autograd graph each step to mark them (a small cost; pass
-    False for a model whose every parameter is used). FSDP needs no such flag.
+    `find_unused_parameters` (DDP): pass True for a model holding parameters that get
+    no gradient (a pooler or a head the loss does not read): plain DDP fails on those at
+    its second step, and the flag makes it walk the autograd graph each step to mark
+    them (a small cost, and a warning from torch when none are found). FSDP needs none.
 
     Build the optimizer AFTER wrap: FSDP replaces the parameters by sharded DTensors,
     and an optimizer built before would update tensors no longer in the model.

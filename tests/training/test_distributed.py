@@ -88,7 +88,7 @@ def _ranks_train(rank, strategy, recompute, out):
     model = tiny(gradient_checkpointing=recompute)
     if strategy == "ddp":  # a parameter no loss reads (a pooler, a kept head): still fine
         model.unused = torch.nn.Linear(2, 2)
-    model = D.wrap(model, dist, "fp32")
+    model = D.wrap(model, dist, "fp32", find_unused_parameters=strategy == "ddp")
     result = {}
     if strategy == "fsdp":
         inner = D.plain(model)
