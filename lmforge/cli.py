@@ -63,9 +63,12 @@ def cmd_tokenizer_train(args) -> int:
     """Train a byte-level BPE tokenizer on corpora and save it as tokenizer.json."""
     import time
 
+    from .atomic import check_run_dir
     from .data import read_corpus
     from .tokenizer import Tokenizer
 
+    if not args.out.is_dir():  # a folder gets tokenizer.json; else its folder must be one
+        check_run_dir(args.out.parent, f"--out {args.out}: the folder")
     docs = read_corpus(args.corpus, text_field=args.text_field)
     start = time.perf_counter()
     tok = Tokenizer.train(
@@ -73,10 +76,10 @@ def cmd_tokenizer_train(args) -> int:
         pattern=args.pattern, progress=not args.quiet,
     )
     seconds = time.perf_counter() - start
-    tok.save(args.out)
+    out = tok.save(args.out)  # a folder gets tokenizer.json inside
     chars = sum(len(d) for d in docs)
     print(f"trained a {tok.vocab_size}-token BPE tokenizer on {len(docs)} documents "
-          f"({chars / 1e6:.1f}M characters) in {seconds:.1f}s -> {args.out}")
+          f"({chars / 1e6:.1f}M characters) in {seconds:.1f}s -> {out}")
     return 0
 
 
@@ -143,6 +146,20 @@ def _prompt_ids(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
+def _check_generation_flags(args) -> None:
+    """The sampling flags in the user's words, before any model is loaded."""
+    checks = [("--max-new-tokens", args.max_new_tokens >= 1, "at least 1"),
+              ("--temperature", args.temperature >= 0, ">= 0 (0 = greedy)"),
+              ("--top-k", args.top_k >= 0, ">= 0 (0 = off)"),
+              ("--top-p", 0 < args.top_p <= 1, "in (0, 1]"),
+              ("--repetition-penalty", args.repetition_penalty > 0, "> 0"),
+              ("--num-beams", args.num_beams >= 1, "at least 1")]  # fmt: skip
+    for flag, ok, expected in checks:
+        if not ok:
+            value = getattr(args, flag[2:].replace("-", "_"))
+            raise LmforgeError(f"{flag} {value}: must be {expected}")
+
+
 def cmd_generate(args) -> int:
     """Continue a prompt with a trained model: lmforge generate RUN_DIR --prompt TEXT.
 
@@ -155,6 +172,7 @@ def cmd_generate(args) -> int:
     from .generation import GenerationConfig, generate, pad_left
     from .runs import load_run
 
+    _check_generation_flags(args)
     run = load_run(args.run_dir, step=args.step)
     tok = run.tokenizer
     seq2seq = run.model.config.arch == "seq2seq"
@@ -223,7 +241,7 @@ def _eval_task(args) -> int:
 
     from .finetune import evaluate_run
 
-    scores = evaluate_run(args.run_dir, args.task, args.split)
+    scores = evaluate_run(args.run_dir, args.task, args.split or "test")
     if args.json:
         print(json.dumps(scores))
     else:
@@ -254,6 +272,11 @@ def cmd_eval(args) -> int:
 
     if args.task or is_finetuned(args.run_dir):  # a fine-tuned run: its task's metrics
         return _eval_task(args)
+    if args.split is not None:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--split {args.split}: only for fine-tuned runs; {args.run_dir} is "
+                          "a pretraining run, scored on its val split or on --data")
     import json
 
     import numpy as np
@@ -467,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print one JSON line")
     q.add_argument("--task", default=None,
                    help="fine-tuned runs: the task to score (default: the run's own)")
-    q.add_argument("--split", default="test", choices=["train", "val", "test"],
+    q.add_argument("--split", default=None, choices=["train", "val", "test"],
                    help="fine-tuned runs: the split to score (default: test)")
 
     q = add("finetune", cmd_finetune)
@@ -513,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"lmforge: error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+    except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+            NotADirectoryError) as e:
         if args.debug:
             raise
         print(f"lmforge: error: {e.strerror or e}: {e.filename}", file=sys.stderr)

@@ -10,6 +10,7 @@ was expected. YAML is read with `yaml.safe_load` only.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -108,7 +109,9 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"unknown config key '{dotted}' (known keys here: {known})")
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"; did you mean '{dotted.removesuffix(str(key))}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key '{dotted}'{hint} (known keys here: {known})")
         kwargs[key] = _coerce(value, hints[key], dotted)
     try:
         return cls(**kwargs)

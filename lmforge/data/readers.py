@@ -66,10 +66,14 @@ def read_jsonl(path: Path, field: str = "text") -> list[str]:
 
 def read_csv(path: Path, field: str = "text") -> list[str]:
     delimiter = "\t" if path.suffix == ".tsv" else ","
+    csv.field_size_limit(2**31 - 1)  # a document in a cell may be long (the default: 128 KiB)
     reader = csv.DictReader(io.StringIO(decode(path.read_bytes())), delimiter=delimiter)
-    if reader.fieldnames is None or field not in reader.fieldnames:
-        raise DataError(f"{path}: no column '{field}' (columns: {reader.fieldnames})")
-    return [row[field] for row in reader]
+    try:
+        if reader.fieldnames is None or field not in reader.fieldnames:
+            raise DataError(f"{path}: no column '{field}' (columns: {reader.fieldnames})")
+        return [row[field] for row in reader]
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
 
 
 def read_parquet(path: Path, field: str = "text") -> list[str]:

@@ -94,7 +94,8 @@ def _mixed_folder(root):
     (root / "pkg" / "b.py").write_text("import os\n")
     (root / "Apache-2.0").write_text("Apache License\nVersion 2.0\n")
     (root / "MPL-2.0").write_text("Mozilla Public License Version 2.0\n")
-    (root / "notes.latin1").write_bytes("caf\xe9 cr\xe8me br\xfbl\xe9e, a plain note\n".encode("latin-1"))
+    note = "caf\xe9 cr\xe8me br\xfbl\xe9e, a plain note\n"
+    (root / "notes.latin1").write_bytes(note.encode("latin-1"))
     (root / "rows.jsonl").write_text(json.dumps({"text": "row one"}) + "\n")
     (root / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
     (root / "blob.bin").write_bytes(bytes(range(1, 32)) * 20)  # control bytes, no NUL
@@ -142,3 +143,9 @@ def test_a_named_binary_file_is_refused(tmp_path):
     (tmp_path / "data.csv").write_bytes(b"text\n\0\0\x01\x02")
     with pytest.raises(DataError, match=r"data.csv is not text: binary \(NUL bytes\)"):
         read_path(tmp_path / "data.csv")
+
+
+def test_csv_cells_longer_than_the_csv_module_default_are_read(tmp_path):
+    long = "word " * 60_000  # 300 KB in one cell; Python's csv stops at 128 KiB by default
+    (tmp_path / "wide.csv").write_text(f'id,text\n1,"{long}"\n2,short\n')
+    assert read_path(tmp_path / "wide.csv") == [long, "short"]
