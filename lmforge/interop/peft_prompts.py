@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
 from ..atomic import atomic_path, write_text
 from ..errors import CheckpointError
@@ -51,11 +51,15 @@ def _shape(body: nn.Module, method: str) -> dict:
 
 
 def export_prompt_adapter(model: nn.Module, cfg: PeftConfig, family: str | None,
-                          out_dir: str | Path) -> None:  # fmt: skip
+                          out_dir: str | Path,
+                          head: dict[str, Tensor] | None = None) -> None:  # fmt: skip
     """Write `model`'s virtual tokens as a peft adapter into `out_dir` (created if needed;
-    the base model's HF files may already be there). `family` is peft's task_type
-    (CAUSAL_LM, SEQ_2_SEQ_LM, FEATURE_EXTRACTION, SEQ_CLS, ...); None: from the model's
-    architecture. Each file is written whole or not at all."""
+    keep it apart from the base model's folder, see docs/peft.md). `family` is peft's
+    task_type (CAUSAL_LM, SEQ_2_SEQ_LM, FEATURE_EXTRACTION, SEQ_CLS, TOKEN_CLS, ...);
+    None: from the model's architecture. `head`: the task head's tensors under their
+    transformers names (e.g. {"classifier.weight": W, "classifier.bias": b} for BERT):
+    peft saves them as its modules_to_save, and a SEQ_CLS / TOKEN_CLS adapter needs them.
+    Each file is written whole or not at all."""
     body = prompts._body(model)
     pe = prompts.prompt_encoder(model)
     method, n = pe.method, pe.num_virtual_tokens
@@ -73,7 +77,7 @@ def export_prompt_adapter(model: nn.Module, cfg: PeftConfig, family: str | None,
         inference_mode=True,
         base_model_name_or_path=None,
         revision=None,
-        modules_to_save=None,
+        modules_to_save=sorted({k.split(".")[0] for k in head}) if head else None,
         auto_mapping=None,
         **_shape(body, method),
     )
@@ -90,7 +94,10 @@ def export_prompt_adapter(model: nn.Module, cfg: PeftConfig, family: str | None,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / WEIGHTS) as tmp:
-        save_file({"prompt_embeddings": embeddings}, str(tmp), metadata={"format": "pt"})
+        tensors = {f"base_model.{k}": v.detach().float().cpu().contiguous()
+                   for k, v in (head or {}).items()}  # fmt: skip
+        tensors["prompt_embeddings"] = embeddings
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     write_text(out / CONFIG, json.dumps(adapter, indent=2, sort_keys=True) + "\n")
 
 

@@ -171,3 +171,29 @@ def test_adapters_lmforge_cannot_read_fail_with_one_line(tmp_path):
     (tmp_path / "llama/adapter/adapter_model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="prompt_embeddings"):
         import_prompt_adapter(build(presets.get("tiny-llama")), tmp_path / "llama/adapter")
+
+
+@pytest.mark.parametrize("method", ["prompt", "ptuning"])
+def test_bert_classification_matches_peft_sequence_classifier(method, tmp_path):
+    """A TaskModel (BERT pooler + linear head) vs peft's PeftModelForSequenceClassification
+    on BertForSequenceClassification: the pooler reads the first virtual token in both.
+    (Prefix: peft 0.21.2 looks for a `past_key_values` parameter that transformers 5.25's
+    BertModel renamed `cache` and refuses; the FEATURE_EXTRACTION test above compares
+    BERT's prefix-tuned hidden states and pooler instead.)"""
+    from lmforge.models.heads import ClassificationHead, TaskModel
+
+    body, cfg = _ours("tiny-bert", method, tmp_path)
+    torch.manual_seed(7)
+    ours = TaskModel(body, ClassificationHead(64, 3, dropout=0.0), "pooler").eval()
+    head = {"classifier.weight": ours.head.out.weight, "classifier.bias": ours.head.out.bias}
+    export_prompt_adapter(ours, cfg, "SEQ_CLS", tmp_path / "adapter", head)
+    hf = transformers.BertForSequenceClassification.from_pretrained(
+        tmp_path / "base", num_labels=3, attn_implementation="eager").eval()
+    theirs = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    assert type(theirs).__name__ == "PeftModelForSequenceClassification"
+    ids = torch.randint(5, 250, (2, 9), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0  # right padding
+    with torch.no_grad():
+        diff = ours(ids, mask) - theirs(input_ids=ids, attention_mask=mask).logits
+    assert diff.abs().max().item() <= 1e-5
