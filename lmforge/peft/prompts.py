@@ -163,10 +163,10 @@ class PrefixEncoder(nn.Module):
         n = self.num_virtual_tokens
         rows = self.forward().view(n, 2 * self.n_layer, self.n_kv_head, self.head_dim)
         rows = rows.permute(1, 2, 0, 3)  # (2L, nkv, n, hs)
-        step, L2 = (4, 2 * self.n_layer) if self.seq2seq else (2, 2 * self.n_layer)
+        step, n_rows = (4 if self.seq2seq else 2), 2 * self.n_layer
         out = []
         for layer in range(self.n_layer):
-            k, v = rows[(step * layer) % L2], rows[(step * layer + 1) % L2]
+            k, v = rows[(step * layer) % n_rows], rows[(step * layer + 1) % n_rows]
             out.append((k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)))
         return out
 
