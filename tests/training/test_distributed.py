@@ -149,8 +149,8 @@ def _ranks_checkpoint(rank, tmp, fail_path):
     except CheckpointError as e:
         fail_path.with_suffix(f".{rank}").write_text(str(e))
     if dist.is_main:
-        torch.save({"at_save": at_save, "straight": straight, "resumed": resumed},
-                   tmp / "rank0.pt")
+        torch.save({"at_save": at_save, "straight": straight, "resumed": resumed,
+                    "position": position}, tmp / "rank0.pt")
     dist.close()
 
 
@@ -168,6 +168,17 @@ def test_sharded_checkpoint_resumes_and_loads_into_one_process(tmp_path):
         msg = (tmp_path / f"refused.{rank}").read_text()
         assert msg.startswith(f"checkpoint {tmp_path / 'ckpt'} is from another model: tensor ")
         assert "expected [" in msg and "\n" not in msg
+
+    # the same checkpoint resumed by ONE process (another world size, the same global
+    # batch): model and AdamW state resharded, the windows re-derived from the position
+    model = tiny(init_std=0.5)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    D.load_sharded(tmp_path / "ckpt", model, [opt], D.Dist())
+    sampler = ChunkSampler(data(), SEQ, B * 2, seed=1)
+    sampler.load_state_dict(got["position"])
+    train(model, D.Dist(), sampler, steps=2, opt=opt)
+    for key, value in got["straight"].items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=1e-5, msg=key)
 
     # one process, no process group: the weights the 2 ranks held, the same logits
     single = D.load_sharded_single(tmp_path / "ckpt", tiny("tiny-gpt2", init_std=0.5))
@@ -237,6 +248,10 @@ def test_bad_config_values_are_one_line_errors():
     with pytest.raises(ConfigError, match=r"^config key 'distributed.strategy': expected one "
                                           r"of auto, none, ddp, fsdp, got 'x'$"):
         D.DistributedConfig(strategy="x")
+    cfg = D.DistributedConfig()
+    cfg.strategy = "zero"  # set after validation
+    with pytest.raises(ConfigError, match="distributed.strategy': expected one of"):
+        D.init(cfg, "cpu")
     with pytest.raises(ConfigError, match="distributed.backend"):
         D.DistributedConfig(backend="mpi")
     with pytest.raises(ConfigError, match="distributed.global_batch_size"):
