@@ -261,3 +261,21 @@ def test_bad_config_values_are_one_line_errors():
     with pytest.raises(ConfigError, match=r"global_batch_size': 64, but train.batch_size 8 x "
                                           r"3 processes x train.grad_accum 2 = 48"):
         cfg.global_batch(8, 3, 2)
+
+
+def test_fsdp_units_are_the_transformer_blocks_of_every_architecture():
+    from lmforge.models.heads import ClassificationHead, TaskModel
+    from lmforge.objectives.electra import ElectraPair, generator_config
+
+    def ids(model):
+        return [id(b) for b in D._blocks(model)]
+
+    gpt, bart = tiny(), tiny("tiny-bart")
+    assert ids(gpt) == [id(b) for b in gpt.blocks]
+    assert ids(bart) == [id(b) for b in [*bart.encoder_blocks, *bart.decoder_blocks]]
+    assert ids(tiny("tiny-albert")) == []  # one block run n_layer times: left in the root
+    disc = tiny("tiny-electra")
+    pair = ElectraPair(build(generator_config(disc.config, 0.25)), disc)
+    assert ids(pair) == [id(b) for b in [*pair.generator.blocks, *disc.blocks]]
+    task = TaskModel(tiny("tiny-bert"), ClassificationHead(64, 2), "first")
+    assert ids(task) == [id(b) for b in task.backbone.blocks]
