@@ -148,3 +148,41 @@ def test_convert_to_hf_on_a_finetuned_run(tmp_path, capsys):
                          inputs.get("token_type_ids"))
         ref = theirs(**inputs).logits
     assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_convert_to_hf_on_a_chat_run_is_the_lm_with_chat_tokens(tmp_path, capsys):
+    """A chat fine-tune exports as GPT2LMHeadModel: the run's logits, the grown vocabulary,
+    and the chat tokens as special tokens of the exported tokenizer.json."""
+    import dataclasses
+
+    from lmforge.cli import main
+    from lmforge.config import load_config
+    from lmforge.finetune import FinetuneConfig, finetune, load_finetuned
+    from lmforge.runs import write_run
+    from lmforge.tokenizer import CHAT_TOKENS, Tokenizer
+
+    tok = Tokenizer.train(["Hello there, how are you? I am fine, thank you. " * 20],
+                          vocab_size=280, special_tokens=["<|endoftext|>"], progress=False)
+    cfg = dataclasses.replace(presets.get("tiny-gpt2"), vocab_size=tok.vocab_size,
+                              eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    torch.manual_seed(0)
+    write_run(build(cfg), tok, tmp_path / "pre")
+    finetune(load_config(None, FinetuneConfig, [
+        f"run_dir={tmp_path / 'run'}", "task=chatterbot", f"init_from={tmp_path / 'pre'}",
+        "max_train_examples=8", "max_eval_examples=4", "epochs=1", "max_len=64",
+        "options.max_new_tokens=8",
+        "train.batch_size=4", "train.progress=false", "train.tensorboard=false"]))
+    capsys.readouterr()
+    assert main(["convert", "--to-hf", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+    assert "(GPT2LMHeadModel)" in capsys.readouterr().out
+    run = load_finetuned(tmp_path / "run")
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    assert theirs.config.vocab_size == run.model.config.vocab_size == tok.vocab_size + 4
+    exported = json.loads((tmp_path / "hf" / "tokenizer.json").read_text())
+    specials = {t["content"] for t in exported["added_tokens"] if t["special"]}
+    assert set(CHAT_TOKENS) <= specials
+    ids = torch.tensor([run.tokenizer.encode("<|user|>Hello there<|end|><|assistant|>",
+                                             allowed_special="all")])
+    assert int(ids.max()) >= tok.vocab_size  # the chat tokens are in the prompt
+    with torch.no_grad():
+        assert torch.allclose(run.model(ids).logits, theirs(ids).logits, atol=1e-5)
