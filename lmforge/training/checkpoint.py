@@ -300,8 +300,8 @@ def _save(ckpt_dir, step, weights: dict, state: dict, meta: dict | None,
     with atomic_dir(path, needed=_tensor_bytes(weights) + _tensor_bytes(state)) as tmp:
         for name, part in weights.items():  # the step lives in meta.json: same run, same bytes
             _write_weights(part, tmp / name)
-        _write_state(state, tmp / STATE)
-        files = {name: _record(tmp / name) for name in [*weights, STATE]}
+        files = {name: _record(tmp / name) for name in weights}  # read back once
+        files[STATE] = _write_state(state, tmp / STATE)  # (hashed as it is written)
         _write_json({"step": step, **(meta or {}), FILES: files}, tmp / META)  # last
     if keep_last is not None:
         prune(ckpt_dir, step, keep_last)
@@ -353,28 +353,33 @@ def _write_weights(part: nn.Module | dict, file: Path) -> None:
 
 
 class _Writer(io.RawIOBase):
-    """A file for torch.save that keeps the OSError it met: torch reports a failed write
-    (ENOSPC) only as "unexpected pos N vs M"."""
+    """A file for torch.save that hashes what it writes and keeps the OSError it met:
+    torch reports a failed write (ENOSPC) only as "unexpected pos N vs M"."""
 
     def __init__(self, f):
         super().__init__()
         self.f, self.error = f, None
+        self.sha256, self.bytes = hashlib.sha256(), 0
 
     def writable(self) -> bool:
         return True
 
     def write(self, b) -> int:
         try:
-            return self.f.write(b)
+            n = self.f.write(b)
         except OSError as e:
             self.error = e
             raise
+        self.sha256.update(memoryview(b)[:n])
+        self.bytes += n
+        return n
 
     def flush(self) -> None:
         self.f.flush()
 
 
-def _write_state(state: dict, file: Path) -> None:
+def _write_state(state: dict, file: Path) -> dict:
+    """torch.save `state` to `file`; returns its record (bytes, sha256)."""
     with open(file, "wb") as f:
         w = _Writer(f)
         try:
@@ -383,6 +388,7 @@ def _write_state(state: dict, file: Path) -> None:
             if w.error is not None:
                 raise w.error from None
             raise
+    return {"bytes": w.bytes, "sha256": w.sha256.hexdigest()}
 
 
 def _write_json(obj: dict, file: Path) -> None:
