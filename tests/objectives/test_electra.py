@@ -142,22 +142,41 @@ def test_bad_input(setup):
         build(ObjectiveConfig(name="electra"), tokenizer=bare, model_config=mc)
 
 
+@pytest.mark.learning
 def test_the_pair_learns_to_detect_replacements_on_a_fixed_batch(setup):
     """A memorization check of the whole path: on one batch, the discriminator goes from a
-    random guess to spotting most replaced tokens, and the generator learns too."""
+    random guess to telling replaced tokens from originals, and the generator learns too.
+
+    The generator's samples (one seed, so the same uniforms every step) flip when its
+    logits move by a rounding error, so the run's path depends on the CPU's kernels:
+    after 80 steps the share of replaced tokens detected at the 0.5 cut was 0.54 / 0.35 /
+    0.38 under ATEN_CPU_CAPABILITY=default / avx2 / avx512 (untrained: 0.56). The checks
+    are what holds on every path: ranking (AUC: a replaced token scores above an original
+    one), balanced accuracy (predicting "original" everywhere scores 0.5) and the losses.
+    Measured on the three settings (seeds 0-5): AUC 0.43 -> 0.86-0.99, balanced accuracy
+    0.48 -> 0.68-0.98, acc 0.44 -> 0.86-0.99, rtd_loss ratio 0.07-0.55, gen_loss -2.9."""
     tok, mc, obj, raw = setup
     model = pair(obj, mc)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     b = obj.prepare(raw, draw=None)
-    before = obj.evaluate(model, b)
+
+    def auc():  # P(score of a replaced token > score of an original one); chance = 0.5
+        with torch.no_grad():
+            t = obj.losses(model, b)
+        scores, replaced = t["rtd_logits"].flatten(), t["replaced"].flatten().bool()
+        return (scores[replaced][:, None] > scores[~replaced][None, :]).float().mean().item()
+
+    rate = lambda s, k: s[k][0] / s[k][1]  # noqa: E731
+    balanced = lambda s: (rate(s, "replaced_acc") + rate(s, "original_acc")) / 2  # noqa: E731
+    before, auc_before = obj.evaluate(model, b), auc()
     for _ in range(80):
         loss, m = obj.loss(model, b)
         opt.zero_grad()
         (loss / m).backward()
         opt.step()
     after = obj.evaluate(model, b)
-    rate = lambda s, k: s[k][0] / s[k][1]  # noqa: E731
-    assert rate(after, "replaced_acc") > 0.4 and rate(after, "original_acc") > 0.9
+    assert auc_before < 0.6 and auc() > 0.75
+    assert balanced(before) < 0.55 and balanced(after) > 0.6
     assert rate(after, "acc") > rate(before, "acc") + 0.3
     assert rate(after, "rtd_loss") < 0.7 * rate(before, "rtd_loss")
-    assert rate(after, "gen_loss") < rate(before, "gen_loss") - 0.5
+    assert rate(after, "gen_loss") < rate(before, "gen_loss") - 2.0
