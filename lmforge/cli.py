@@ -123,6 +123,8 @@ def cmd_pretrain(args) -> int:
     cfg = load_run_config(resolve(args.config), RunConfig, args.overrides)  # a run's: its own
     check_run_dir(cfg.run_dir)  # a file, a read-only disk: before any work
     summary = pretrain(cfg, resume=args.resume)
+    if not main_rank():  # torchrun: rank 0 reports
+        return 0
     shown = {"step": "steps", "val_loss": "val loss", "val_ppl": "val perplexity",
              "final_loss": "train loss", "tok_per_s": "tokens/s", "train_flops": "train FLOPs"}
     shown.update({k: k.replace("_", " ") for k in summary
@@ -210,6 +212,11 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def main_rank() -> bool:
+    """Not under torchrun, or its rank 0: the process that prints."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def cmd_finetune(args) -> int:
     """Fine-tune a model on a task: lmforge finetune CONFIG [key=value ...] [--resume].
 
@@ -227,6 +234,8 @@ def cmd_finetune(args) -> int:
     cfg = load_run_config(resolve(args.config), FinetuneConfig, args.overrides)  # a run's: its own
     check_run_dir(cfg.run_dir)  # a file, a read-only disk: before any work
     summary = finetune(cfg, resume=args.resume)
+    if not main_rank():  # torchrun: rank 0 reports
+        return 0
     print(f"best epoch: {summary['best_epoch']} of {summary['epochs_run']}"
           + (" (stopped early)" if summary["stopped_early"] else ""))
     for split in ("val", "test"):
@@ -534,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     except LmforgeError as e:
         if args.debug:
             raise
-        print(f"lmforge: error: {e}", file=sys.stderr)
+        if main_rank():  # torchrun: every rank has the error, rank 0 says it
+            print(f"lmforge: error: {e}", file=sys.stderr)
         return 2
     except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
             NotADirectoryError) as e:

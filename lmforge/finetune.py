@@ -43,6 +43,7 @@ from .config import dump_yaml, load_config, read_yaml
 from .errors import CheckpointError, ConfigError, DataError
 from .report import RESULTS
 from .training.config import TrainConfig
+from .training.distributed import DistributedConfig
 
 
 @dataclass
@@ -106,6 +107,7 @@ class FinetuneConfig:
     max_train_examples: int | None = None  # first N shuffled train rows (quick runs)
     max_eval_examples: int | None = None  # first N val / test rows
     train: FinetuneTrain = field(default_factory=FinetuneTrain)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self):
         for key in ("max_len", "epochs", "eval_batch_size"):
@@ -224,11 +226,9 @@ def split_rows(cfg: FinetuneConfig, s: Setup) -> dict[str, list]:
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Fine-tune as `cfg` says (or resume its run); return the summary (best epoch, val
     and test metrics)."""
-    from .data.rows import RowSampler
-    from .tasks import greater_is_better
-    from .tasks.evaluator import TaskEvaluator, score
-    from .training.checkpoint import latest_checkpoint, load_weights
-    from .training.trainer import KeepBest, Trainer, torch_threads
+    from .training.checkpoint import latest_checkpoint
+    from .training.distributed import init as init_distributed
+    from .training.trainer import main_first
 
     run_dir = Path(cfg.run_dir)
     latest = latest_checkpoint(run_dir / "checkpoints")
@@ -241,19 +241,44 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     # 1-3. task, body, mode: every check before anything is written
     s = setup(cfg)
     rows = split_rows(cfg, s)
-    task, source, model_cfg, mode = s.task, s.source, s.model_config, s.mode
+    dist = init_distributed(cfg.distributed, cfg.train.device)
+    try:
+        cfg.distributed.global_batch(cfg.train.batch_size, dist.world_size,
+                                     cfg.train.grad_accum)
+        main_first(dist, lambda: write_run_dir(cfg, s) if dist.is_main else None)
+        return _train(cfg, s, rows, dist, resume)
+    finally:
+        dist.close()
 
-    # 4. the run dir and its resolved config
+
+def write_run_dir(cfg: FinetuneConfig, s: Setup) -> None:
+    """4. RUN_DIR: the tokenizer and the resolved config.yaml."""
+    run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tok_file = run_dir / "tokenizer.json"
-    source.tokenizer.save(tok_file)
-    data = dataclasses.replace(cfg.data, labels=list(task.labels) or cfg.data.labels)
-    resolved = dataclasses.replace(cfg, name=default_name(cfg), model=model_cfg.to_dict(),
-                                   tokenizer=str(tok_file), mode=s.mode_name, data=data)
-    dump_yaml(resolved, run_dir / "config.yaml")
+    s.source.tokenizer.save(run_dir / "tokenizer.json")
+    dump_yaml(resolved_config(cfg, s), run_dir / "config.yaml")
 
+
+def resolved_config(cfg: FinetuneConfig, s: Setup) -> FinetuneConfig:
+    data = dataclasses.replace(cfg.data, labels=list(s.task.labels) or cfg.data.labels)
+    return dataclasses.replace(cfg, name=default_name(cfg), model=s.model_config.to_dict(),
+                               tokenizer=str(Path(cfg.run_dir) / "tokenizer.json"),
+                               mode=s.mode_name, data=data)
+
+
+def _train(cfg: FinetuneConfig, s: Setup, rows: dict, dist, resume: bool) -> dict:
+    """5-6: the engine, then the best weights scored on val and test (rank 0)."""
+    from .data.rows import RowSampler
+    from .tasks import greater_is_better
+    from .tasks.evaluator import TaskEvaluator, score
+    from .training.checkpoint import load_weights
+    from .training.trainer import KeepBest, Trainer, full_model, torch_threads
+
+    run_dir = Path(cfg.run_dir)
+    task, source, model_cfg, mode = s.task, s.source, s.model_config, s.mode
     # 5. the engine: an epoch of batches per evaluation, the best epoch kept
-    sampler = RowSampler(rows["train"], cfg.train.batch_size, seed=cfg.seed)
+    sampler = RowSampler(rows["train"], cfg.train.batch_size, seed=cfg.seed, rank=dist.rank,
+                         world_size=dist.world_size)
     per_epoch = sampler.steps_per_epoch(cfg.train.grad_accum)
     total = per_epoch * cfg.epochs
     train = dataclasses.replace(
@@ -266,31 +291,38 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
         model = build_model(s, cfg.seed)
         trainer = Trainer(model, mode, train, run_dir, model_config=model_cfg.to_dict(),
                           meta={"tokenizer_hash": source.tokenizer.fingerprint,
-                                "task": task.name, "mode": s.mode_name, "finetune": True})
-        n_params = sum(p.numel() for p in model.parameters())
-        _say(f"{run_dir}: {task.name} ({task.type}, mode {s.mode_name}) on {source.what}, "
-             f"{n_params / 1e6:.2f}M parameters, {len(rows['train'])} train rows, "
-             f"{cfg.epochs} epochs x {per_epoch} steps")
+                                "task": task.name, "mode": s.mode_name, "finetune": True},
+                          dist=dist)
+        if dist.is_main:
+            n_params = sum(p.numel() for p in model.parameters())
+            _say(f"{run_dir}: {task.name} ({task.type}, mode {s.mode_name}) on {source.what}, "
+                 f"{n_params / 1e6:.2f}M parameters, {len(rows['train'])} train rows, "
+                 f"{cfg.epochs} epochs x {per_epoch} steps of {sampler.global_batch} x "
+                 f"{train.grad_accum} rows ({dist.world_size} process"
+                 f"{'es' if dist.world_size > 1 else ''}, strategy {dist.strategy})")
         fit = trainer.fit(sampler, TaskEvaluator(mode, rows["val"]), keep_best, resume=resume,
                           steps_per_epoch=per_epoch)
         if fit.get("best_checkpoint") is None:
             raise DataError(f"val {metric} was never finite: no checkpoint kept")
 
-        # 6. the best weights, scored on val and test
-        model = trainer.model
-        load_weights(fit["best_checkpoint"], model)
-        summary = {
-            "event": "summary", "task": task.name, "type": task.type, "mode": s.mode_name,
-            "model": resolved.name, "arch": model_cfg.arch, "init_from": cfg.init_from,
-            "main_metric": metric, "best_epoch": fit["best_epoch"],
-            "epochs_run": math.ceil(trainer.step / per_epoch),
-            "stopped_early": fit["stopped_early"],
-            "step": trainer.step,
-            "val": score(mode, model, rows["val"]), "test": score(mode, model, rows["test"]),
-            "checkpoint": fit["best_checkpoint"], "train_time_s": fit["train_time_s"],
-            "run_dir": str(run_dir),
-        }
-        write_text(run_dir / RESULTS, json.dumps(summary, indent=2) + "\n")
+        # 6. the best weights, scored on val and test (rank 0)
+        model = full_model(trainer, lambda: build_model(s, cfg.seed))
+        summary = {}
+        if dist.is_main:
+            load_weights(fit["best_checkpoint"], model)
+            summary = {
+                "event": "summary", "task": task.name, "type": task.type,
+                "mode": s.mode_name, "model": default_name(cfg), "arch": model_cfg.arch,
+                "init_from": cfg.init_from, "main_metric": metric,
+                "best_epoch": fit["best_epoch"],
+                "epochs_run": math.ceil(trainer.step / per_epoch),
+                "stopped_early": fit["stopped_early"], "step": trainer.step,
+                "val": score(mode, model, rows["val"]), "test": score(mode, model, rows["test"]),
+                "checkpoint": fit["best_checkpoint"], "train_time_s": fit["train_time_s"],
+                "world_size": dist.world_size, "run_dir": str(run_dir),
+            }
+            write_text(run_dir / RESULTS, json.dumps(summary, indent=2) + "\n")
+        dist.barrier()
     return summary
 
 

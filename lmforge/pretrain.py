@@ -30,7 +30,7 @@ from .errors import CheckpointError, ConfigError, DataError
 from .models.config import resolve_model_config
 from .training.checkpoint import latest_checkpoint, read_meta
 from .training.config import RunConfig
-from .training.trainer import LossEvaluator, Trainer, torch_threads
+from .training.trainer import LossEvaluator, Trainer, full_model, main_first, torch_threads
 
 # Model-config fields that may change between a checkpoint and its resume.
 RUNTIME_MODEL_KEYS = ("dropout", "gradient_checkpointing")
@@ -75,15 +75,11 @@ def _say(msg: str) -> None:
 
 
 def pretrain(cfg: RunConfig, resume: bool = False) -> dict:
-    """Pretrain a model as `cfg` says (or resume its run); return the run summary."""
-    from .data import ChunkSampler, eval_batches, open_shards, write_shards
-    from .data.shards import fingerprint
-    from .data.shards import read_meta as read_shard_meta
-    from .objectives import build as build_objective
-    from .tokenizer import Tokenizer, sentinel_tokens
+    """Pretrain a model as `cfg` says (or resume its run); return the run summary. Under
+    torchrun every process calls this; rank 0 writes the run dir."""
+    from .training.distributed import init as init_distributed
 
     run_dir = Path(cfg.run_dir)
-    tok_file = run_dir / "tokenizer.json"
     train = cfg.train
 
     # 1. the run dir: resume needs a complete checkpoint; a fresh run never overwrites one
@@ -96,103 +92,148 @@ def pretrain(cfg: RunConfig, resume: bool = False) -> dict:
             "or set run_dir=NEW_DIR to train again from scratch"
         )
 
-    with torch_threads(train.threads):
-        seed_everything(cfg.seed)
+    dist = init_distributed(cfg.distributed, train.device)
+    try:
+        cfg.distributed.global_batch(train.batch_size, dist.world_size, train.grad_accum)
+        with torch_threads(train.threads):
+            seed_everything(cfg.seed)
+            # 2-5: rank 0 first (it trains the tokenizer, writes the shards and config.yaml),
+            # then the other ranks, which read what it wrote
+            tokenizer, model_cfg, objective, shards, tok_hash = main_first(
+                dist, lambda: prepare(cfg, resume, latest, dist.is_main))
+            return _train(cfg, resume, dist, tokenizer, model_cfg, objective, shards, tok_hash)
+    finally:
+        dist.close()
 
-        # 2. the tokenizer: given, the run's own (resume), or trained below
-        tokenizer = None
-        tok_source = cfg.tokenizer.path or (str(tok_file) if resume else None)
-        if tok_source is not None:
-            tokenizer = Tokenizer.load(tok_source)
-        vocab_size = tokenizer.vocab_size if tokenizer else cfg.tokenizer.vocab_size
 
-        # 3. the model config (validated now, before anything is written)
-        model_cfg = resolve_model_config(cfg.model, vocab_size, tokenizer)
-        if train.seq_len > model_cfg.max_seq_len:
-            raise ConfigError(
-                f"config key 'train.seq_len': {train.seq_len} is longer than the model's "
-                f"context (model.max_seq_len = {model_cfg.max_seq_len})"
-            )
-        if resume:
-            check_resumable(latest, model_cfg.to_dict(), fingerprint(tokenizer))
+def _train(cfg: RunConfig, resume: bool, dist, tokenizer, model_cfg, objective, shards,
+           tok_hash: str) -> dict:
+    """Steps 6-7 of the recipe: model, sampler, trainer, fit; the sample."""
+    from .data import ChunkSampler, eval_batches
 
-        # 4. the data: read once if the tokenizer or the shards need it
-        shards_dir = Path(cfg.data.shards) if cfg.data.shards else run_dir / "shards"
-        shard_meta = read_shard_meta(shards_dir)
-        docs = None
-        if tokenizer is None:
-            docs = read_docs(cfg)
-            texts = take_chars(docs, cfg.tokenizer.train_chars)
-            _say(f"training a {cfg.tokenizer.vocab_size}-token BPE tokenizer on "
-                 f"{sum(map(len, texts)):,} characters")
-            # T5's sentinels come last, <extra_id_0> the very last id (as in T5's vocab)
-            sentinels = sentinel_tokens(cfg.tokenizer.sentinels)[::-1]
-            tokenizer = Tokenizer.train(
-                texts, vocab_size=cfg.tokenizer.vocab_size,
-                special_tokens=[*cfg.tokenizer.special_tokens, *sentinels],
-                pattern=cfg.tokenizer.pattern, progress=train.progress,
-            )
-        model_cfg = resolve_model_config(cfg.model, tokenizer.vocab_size, tokenizer)
-        # the objective checks what it needs (special tokens, lengths) before anything
-        # is written
-        objective = build_objective(cfg.objective, tokenizer=tokenizer, model_config=model_cfg,
-                                    seed=cfg.seed)
-        objective.window_len(train.seq_len)  # T5 / BART: checks seq_len against the noising
-        if tokenizer.eos_id is None:
-            raise ConfigError("config key 'tokenizer.special_tokens': the tokenizer needs an "
-                              "end-of-text token to separate documents")
-        tok_hash = fingerprint(tokenizer)
-        wanted = {"tokenizer_hash": tok_hash, "source": _source(cfg),
-                  "val_fraction": cfg.data.val_fraction, "seed": cfg.seed}
-        reuse = shard_meta is not None and all(shard_meta.get(k) == v for k, v in wanted.items())
-        if shard_meta is not None and not reuse and cfg.data.shards is not None:
-            raise DataError(
-                f"token shards in {shards_dir} were made from another corpus, tokenizer or "
-                "split; delete them or set data.shards to another folder"
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if Path(tok_source or "").resolve() != tok_file.resolve():
-            tokenizer.save(tok_file)
-        if not reuse:
-            docs = docs if docs is not None else read_docs(cfg)
-            _say(f"tokenizing {len(docs)} documents into {shards_dir}")
-            write_shards(docs, tokenizer, shards_dir, val_fraction=cfg.data.val_fraction,
-                         seed=cfg.seed, source=_source(cfg))
-        shards = open_shards(shards_dir, tokenizer_hash=tok_hash)
-
-        # 5. the resolved config: no preset indirection, this run's tokenizer and shards
-        resolved = dataclasses.replace(
-            cfg,
-            model=model_cfg.to_dict(),
-            tokenizer=dataclasses.replace(cfg.tokenizer, path=str(tok_file),
-                                          vocab_size=tokenizer.vocab_size),
-            data=dataclasses.replace(cfg.data, shards=str(shards_dir)),
-        )
-        dump_yaml(resolved, run_dir / "config.yaml")
-
-        # 6. objective, model (the objective's: ELECTRA trains two), trainer. The sampler
-        # cuts windows of the length the objective asks for (CLM: seq_len + 1 tokens)
-        torch.manual_seed(cfg.seed)
-        model = objective.build_model(model_cfg)
-        step = objective.window_len(train.seq_len) - 1  # windows are step + 1 tokens long
-        sampler = ChunkSampler(shards.train, step, train.batch_size, seed=cfg.seed)
-        evaluator = None
-        if shards.val:
-            evaluator = LossEvaluator(objective, lambda: eval_batches(
-                shards.val, step, train.batch_size, train.eval_batches))
-        n_params = sum(p.numel() for p in model.parameters())
+    run_dir, train = Path(cfg.run_dir), cfg.train
+    # 6. objective, model (the objective's: ELECTRA trains two), trainer. The sampler
+    # cuts windows of the length the objective asks for (CLM: seq_len + 1 tokens)
+    torch.manual_seed(cfg.seed)
+    model = objective.build_model(model_cfg)
+    step = objective.window_len(train.seq_len) - 1  # windows are step + 1 tokens long
+    sampler = ChunkSampler(shards.train, step, train.batch_size, seed=cfg.seed,
+                           rank=dist.rank, world_size=dist.world_size)
+    evaluator = None
+    if shards.val:
+        evaluator = LossEvaluator(objective, lambda: eval_batches(
+            shards.val, step, train.batch_size, train.eval_batches))
+    n_params = sum(p.numel() for p in model.parameters())
+    global_batch = cfg.distributed.global_batch(train.batch_size, dist.world_size,
+                                                train.grad_accum)  # checked at the start
+    if dist.is_main:
         _say(f"{run_dir}: {n_params / 1e6:.2f}M parameters, "
-             f"{shards.tokens('train'):,} train tokens, {train.tokens_per_step:,} tokens/step, "
+             f"{shards.tokens('train'):,} train tokens, global batch {global_batch} x "
+             f"{train.seq_len} = {global_batch * train.seq_len:,} tokens/step "
+             f"({dist.world_size} process{'es' if dist.world_size > 1 else ''}, "
+             f"strategy {dist.strategy}), "
              f"{'resuming' if resume else 'training'} to step {train.max_steps}")
-        trainer = Trainer(model, objective, train, run_dir, model_config=model_cfg.to_dict(),
-                          meta={"tokenizer_hash": tok_hash})
-        summary = trainer.fit(sampler, evaluator, resume=resume)
+    trainer = Trainer(model, objective, train, run_dir, model_config=model_cfg.to_dict(),
+                      meta={"tokenizer_hash": tok_hash}, dist=dist)
+    summary = trainer.fit(sampler, evaluator, resume=resume)
 
-        # 7. a sample from the trained model
-        if cfg.sample.prompt:
-            summary["sample"] = sample_text(trainer.model, tokenizer, cfg)
-        summary["run_dir"] = str(run_dir)
-        return summary
+    # 7. a sample from the trained model (rank 0, from the whole model)
+    if cfg.sample.prompt:
+        model = full_model(trainer, lambda: objective.build_model(model_cfg))
+        if dist.is_main:
+            summary["sample"] = sample_text(model, tokenizer, cfg)
+    summary["run_dir"] = str(run_dir)
+    return summary
+
+
+def prepare(cfg: RunConfig, resume: bool, latest: Path | None, main: bool = True):
+    """Steps 2-5 of the recipe: (tokenizer, model config, objective, shards, tokenizer
+    hash). `main`: this process writes (the tokenizer, shards, config.yaml); on the other
+    ranks it runs after rank 0's and reads what rank 0 wrote."""
+    from .data import open_shards, write_shards
+    from .data.shards import fingerprint
+    from .data.shards import read_meta as read_shard_meta
+    from .objectives import build as build_objective
+    from .tokenizer import Tokenizer, sentinel_tokens
+
+    run_dir, train = Path(cfg.run_dir), cfg.train
+    tok_file = run_dir / "tokenizer.json"
+    say = _say if main else (lambda msg: None)
+
+
+    # 2. the tokenizer: given, the run's own (resume), or trained below
+    tokenizer = None
+    # the other ranks read the tokenizer rank 0 trained
+    tok_source = cfg.tokenizer.path or (str(tok_file) if resume or not main else None)
+    if tok_source is not None:
+        tokenizer = Tokenizer.load(tok_source)
+    vocab_size = tokenizer.vocab_size if tokenizer else cfg.tokenizer.vocab_size
+
+    # 3. the model config (validated now, before anything is written)
+    model_cfg = resolve_model_config(cfg.model, vocab_size, tokenizer)
+    if train.seq_len > model_cfg.max_seq_len:
+        raise ConfigError(
+            f"config key 'train.seq_len': {train.seq_len} is longer than the model's "
+            f"context (model.max_seq_len = {model_cfg.max_seq_len})"
+        )
+    if resume:
+        check_resumable(latest, model_cfg.to_dict(), fingerprint(tokenizer))
+
+    # 4. the data: read once if the tokenizer or the shards need it
+    shards_dir = Path(cfg.data.shards) if cfg.data.shards else run_dir / "shards"
+    shard_meta = read_shard_meta(shards_dir)
+    docs = None
+    if tokenizer is None:
+        docs = read_docs(cfg)
+        texts = take_chars(docs, cfg.tokenizer.train_chars)
+        say(f"training a {cfg.tokenizer.vocab_size}-token BPE tokenizer on "
+             f"{sum(map(len, texts)):,} characters")
+        # T5's sentinels come last, <extra_id_0> the very last id (as in T5's vocab)
+        sentinels = sentinel_tokens(cfg.tokenizer.sentinels)[::-1]
+        tokenizer = Tokenizer.train(
+            texts, vocab_size=cfg.tokenizer.vocab_size,
+            special_tokens=[*cfg.tokenizer.special_tokens, *sentinels],
+            pattern=cfg.tokenizer.pattern, progress=train.progress,
+        )
+    model_cfg = resolve_model_config(cfg.model, tokenizer.vocab_size, tokenizer)
+    # the objective checks what it needs (special tokens, lengths) before anything
+    # is written
+    objective = build_objective(cfg.objective, tokenizer=tokenizer, model_config=model_cfg,
+                                seed=cfg.seed)
+    objective.window_len(train.seq_len)  # T5 / BART: checks seq_len against the noising
+    if tokenizer.eos_id is None:
+        raise ConfigError("config key 'tokenizer.special_tokens': the tokenizer needs an "
+                          "end-of-text token to separate documents")
+    tok_hash = fingerprint(tokenizer)
+    wanted = {"tokenizer_hash": tok_hash, "source": _source(cfg),
+              "val_fraction": cfg.data.val_fraction, "seed": cfg.seed}
+    reuse = shard_meta is not None and all(shard_meta.get(k) == v for k, v in wanted.items())
+    if shard_meta is not None and not reuse and cfg.data.shards is not None:
+        raise DataError(
+            f"token shards in {shards_dir} were made from another corpus, tokenizer or "
+            "split; delete them or set data.shards to another folder"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if main and Path(tok_source or "").resolve() != tok_file.resolve():
+        tokenizer.save(tok_file)
+    if not reuse:
+        docs = docs if docs is not None else read_docs(cfg)
+        say(f"tokenizing {len(docs)} documents into {shards_dir}")
+        write_shards(docs, tokenizer, shards_dir, val_fraction=cfg.data.val_fraction,
+                     seed=cfg.seed, source=_source(cfg))
+    shards = open_shards(shards_dir, tokenizer_hash=tok_hash)
+
+    # 5. the resolved config: no preset indirection, this run's tokenizer and shards
+    resolved = dataclasses.replace(
+        cfg,
+        model=model_cfg.to_dict(),
+        tokenizer=dataclasses.replace(cfg.tokenizer, path=str(tok_file),
+                                      vocab_size=tokenizer.vocab_size),
+        data=dataclasses.replace(cfg.data, shards=str(shards_dir)),
+    )
+    if main:
+        dump_yaml(resolved, run_dir / "config.yaml")
+    return tokenizer, model_cfg, objective, shards, tok_hash
 
 
 def check_resumable(ckpt: Path, model_cfg: dict, tokenizer_hash: str) -> None:

@@ -36,7 +36,7 @@ class Run:
 def find_checkpoint(run_dir: Path, step: int | None = None) -> Path:
     """Checkpoint `step` of `run_dir` (default: the newest), its weights verified: a
     damaged file raises CheckpointError naming it (no silent fallback to an older one)."""
-    from .training.checkpoint import WEIGHTS, list_checkpoints, step_dirs, verify
+    from .training.checkpoint import SHARDED, WEIGHTS, list_checkpoints, step_dirs, verify
 
     ckpts = Path(run_dir) / "checkpoints"
     found = step_dirs(ckpts)
@@ -50,7 +50,7 @@ def find_checkpoint(run_dir: Path, step: int | None = None) -> Path:
             steps = ", ".join(str(s) for s, _ in list_checkpoints(ckpts)) or "none"
             raise CheckpointError(
                 f"{run_dir} has no complete checkpoint step-{step} (have: {steps})")
-    verify(path, [WEIGHTS])
+    verify(path, None if (path / SHARDED).is_dir() else [WEIGHTS])  # FSDP: every shard
     return path
 
 

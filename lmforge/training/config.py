@@ -22,6 +22,7 @@ from typing import Literal
 from ..errors import ConfigError
 from ..models.config import check_model_section
 from ..objectives.config import ObjectiveConfig
+from .distributed import DistributedConfig
 
 
 def _check(ok: bool, key: str, what: str, value) -> None:
@@ -153,6 +154,7 @@ class RunConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self):
         check_model_section(self.model)

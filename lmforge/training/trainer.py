@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import math
 import random
+import shutil
 import sys
 import time
 import warnings
@@ -43,12 +44,14 @@ from .. import __version__
 from ..errors import CheckpointError, ConfigError, LmforgeError
 from ..flops import mfu, model_flops_per_token, peak_flops
 from .checkpoint import (
+    SHARDED,
     all_finite,
     clean_partial,
     latest_checkpoint,
     load_state,
     load_weights,
     save_checkpoint,
+    save_state_dict_checkpoint,
     unwrap,
 )
 from .config import TrainConfig
@@ -261,7 +264,7 @@ class Trainer:
         self.cfg = cfg
         self.meta = dict(meta or {})
         self.objective = objective
-        self.dist = dist if dist is not None and dist.world_size > 1 else None
+        self.dist = dist if dist is not None and dist.strategy != "none" else None
         self.world_size = self.dist.world_size if self.dist else 1
         self.is_main = self.dist is None or self.dist.is_main
         self.device = dist.device if dist is not None else resolve_device(cfg.device)
@@ -460,18 +463,33 @@ class Trainer:
                 "(lower train.lr or set train.grad_clip)"
             )
         if self.strategy == "fsdp":
-            from .distributed import save_sharded_checkpoint
-
-            state = self.state_dict(sampler, optimizers=False)
-            return save_sharded_checkpoint(self.ckpt_dir, self.step, self.model,
-                                           self.optimizers, state, self._meta(),
-                                           self.cfg.keep_last, self.dist)
+            return self._save_sharded(self.state_dict(sampler, optimizers=False))
         state = self.state_dict(sampler)
         path = self.ckpt_dir / f"step-{self.step}"
         if self.is_main:
             parts = self.checkpoint_parts()
             path = save_checkpoint(self.ckpt_dir, self.step, parts.pop("model"), state,
                                    self._meta(), self.cfg.keep_last, extra=parts)
+        self._barrier()
+        return path
+
+    def _save_sharded(self, state: dict) -> Path:
+        """FSDP: each rank writes its shard of the weights and optimizer state into a
+        hidden folder (training/distributed.py: save_sharded); rank 0 adds the training
+        state and meta.json and renames the folder into step-N (complete or absent)."""
+        from .checkpoint import SHARDED, finish_sharded_checkpoint
+        from .distributed import save_sharded
+
+        tmp = self.ckpt_dir / f".step-{self.step}.sharded.tmp"
+        path = self.ckpt_dir / f"step-{self.step}"
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self._barrier()
+        save_sharded(tmp / SHARDED, self.model, self.optimizers, self.dist)
+        if self.is_main:
+            path = finish_sharded_checkpoint(tmp, self.ckpt_dir, self.step, state,
+                                             self._meta(), self.cfg.keep_last)
         self._barrier()
         return path
 
@@ -485,8 +503,6 @@ class Trainer:
 
             full = full_state_dict(self.model, self.dist)  # every rank gathers, rank 0 keeps
             if self.is_main:
-                from .checkpoint import save_state_dict_checkpoint
-
                 path = save_state_dict_checkpoint(self.best_dir, self.step, full, state,
                                                   meta, keep_last=1)
         elif self.is_main:
@@ -511,14 +527,14 @@ class Trainer:
         path = Path(path)
         state = load_state(path)
         saved_world = int(state.get("world_size") or 1)
-        if self.strategy == "fsdp" or (path / "sharded").exists():
+        if self.strategy == "fsdp" or (path / SHARDED).exists():
             if self.strategy != "fsdp":
                 raise CheckpointError(
                     f"checkpoint {path} is sharded (FSDP); resume it with "
                     "distributed.strategy=fsdp under torchrun")
             from .distributed import load_sharded
 
-            load_sharded(path / "sharded", self.model, self.optimizers, self.dist)
+            load_sharded(path / SHARDED, self.model, self.optimizers, self.dist)
         else:
             parts = self.checkpoint_parts()
             load_weights(path, parts.pop("model"))
@@ -758,3 +774,37 @@ class Trainer:
                           "evaluations")
             return True
         return False
+
+
+def main_first(dist, fn: Callable):
+    """`fn()` on rank 0, then on the other ranks (which find what rank 0 wrote: its
+    tokenizer, shards, run dir). An error on rank 0 is raised on every rank, so none is
+    left waiting. One process: just `fn()`."""
+    if dist is None or dist.world_size == 1:
+        return fn()
+    result, error = None, None
+    if dist.is_main:
+        try:
+            result = fn()
+        except LmforgeError as e:
+            error = e
+    error = dist.broadcast_object(error)
+    if error is not None:
+        raise error
+    return result if dist.is_main else fn()
+
+
+def full_model(trainer: Trainer, build: Callable[[], nn.Module]) -> nn.Module | None:
+    """The trained model whole, on rank 0 (None on the others): the trainer's own module
+    on one process or under DDP; under FSDP a fresh `build()` loaded with the gathered
+    weights (every rank takes part in the gathering)."""
+    if trainer.strategy != "fsdp":
+        return trainer.model if trainer.is_main else None
+    from .distributed import full_state_dict
+
+    state = full_state_dict(trainer.model, trainer.dist)
+    if not trainer.is_main:
+        return None
+    model = build()
+    model.load_state_dict(state, strict=False)
+    return model.to(trainer.device)
