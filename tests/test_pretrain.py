@@ -14,6 +14,7 @@ from lmforge.pretrain import pretrain
 from lmforge.training import RunConfig
 
 VOCAB = 512
+STEPS = 120  # at 60 the val loss was 0.06 below the unigram bar; at 120, 0.30
 
 
 def recipe(run_dir, **train):
@@ -23,8 +24,9 @@ def recipe(run_dir, **train):
         "data": {"corpus": "shakespeare", "max_chars": 120_000, "val_fraction": 0.1},
         "tokenizer": {"vocab_size": VOCAB},
         "model": {"preset": "tiny-gpt2", "max_seq_len": 64},
-        "train": {"batch_size": 8, "seq_len": 32, "max_steps": 60, "lr": 4e-3, "min_lr": 4e-4,
-                  "warmup_steps": 5, "eval_every": 30, "eval_batches": 4, "save_every": 30,
+        "train": {"batch_size": 8, "seq_len": 32, "max_steps": STEPS, "lr": 4e-3, "min_lr": 4e-4,
+                  "warmup_steps": 5, "eval_every": STEPS // 2, "eval_batches": 4,
+                  "save_every": STEPS // 2,
                   "log_every": 10, "threads": 1, "progress": False, **train},
         "sample": {"prompt": "ROMEO:", "max_new_tokens": 8, "top_k": 20},
     }
@@ -36,21 +38,23 @@ def run(tmp_path_factory):
     return run_dir, pretrain(from_dict(RunConfig, recipe(run_dir)))
 
 
+@pytest.mark.learning
 def test_loss_falls_well_below_uniform_and_below_unigram(run):
     run_dir, summary = run
-    assert summary["step"] == 60 and summary["tokens"] == 60 * 8 * 32
+    assert summary["step"] == STEPS and summary["tokens"] == STEPS * 8 * 32
     uniform = math.log(VOCAB)  # 6.24 nats: a model that knows nothing
     assert summary["val_loss"] < uniform - 1.0
     assert summary["final_loss"] < uniform - 1.0
     # better than token frequencies alone (a unigram model fit on the train shards,
-    # add-one smoothed): the model uses the context
+    # add-one smoothed): the model uses the context. Measured (default / avx2 / avx512
+    # kernels alike): val 4.71, final 4.89, unigram 5.11
     shards = open_shards(run_dir / "shards")
     counts = np.bincount(np.concatenate(shards.train), minlength=VOCAB) + 1
     val = np.concatenate(shards.val)
     unigram = float(-np.log(counts[val] / counts.sum()).mean())
     assert summary["val_loss"] < unigram - 0.1
     assert summary["val_ppl"] == pytest.approx(math.exp(summary["val_loss"]))
-    assert summary["train_flops"] == pytest.approx(summary["flops_per_token"] * 60 * 8 * 32)
+    assert summary["train_flops"] == pytest.approx(summary["flops_per_token"] * STEPS * 8 * 32)
     assert 0 < summary["mfu"] < 1
     assert summary["sample"].startswith("ROMEO:") and len(summary["sample"]) > len("ROMEO:")
 
@@ -58,8 +62,9 @@ def test_loss_falls_well_below_uniform_and_below_unigram(run):
 def test_run_dir_layout(run):
     run_dir, _ = run
     for name in ("config.yaml", "tokenizer.json", "metrics.jsonl", "loss.png",
-                 "checkpoints/step-60/model.safetensors", "checkpoints/step-60/state.pt",
-                 "checkpoints/step-30/meta.json", "shards/meta.json"):
+                 f"checkpoints/step-{STEPS}/model.safetensors",
+                 f"checkpoints/step-{STEPS}/state.pt", f"checkpoints/step-{STEPS // 2}/meta.json",
+                 "shards/meta.json"):
         assert (run_dir / name).is_file(), name
     assert list(run_dir.glob("events.out.tfevents.*"))
     assert (run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
@@ -81,8 +86,8 @@ def test_saved_config_reproduces_the_run(run, tmp_path):
     summary2 = pretrain(again)
     assert summary2["final_loss"] == summary["final_loss"]
     assert summary2["val_loss"] == summary["val_loss"]
-    a = (run_dir / "checkpoints/step-60/model.safetensors").read_bytes()
-    b = (tmp_path / "again/checkpoints/step-60/model.safetensors").read_bytes()
+    a = (run_dir / f"checkpoints/step-{STEPS}/model.safetensors").read_bytes()
+    b = (tmp_path / f"again/checkpoints/step-{STEPS}/model.safetensors").read_bytes()
     assert a == b
     assert not (tmp_path / "again" / "shards").exists()  # the run's shards were reused
     assert (tmp_path / "again" / "tokenizer.json").read_bytes() == (
