@@ -128,9 +128,11 @@ def latest_checkpoint(ckpt_dir: str | Path,
 def clean_partial(ckpt_dir: str | Path) -> None:
     """Remove what a writer killed mid-way left behind: its `.step-N.*.tmp` folders (and
     `.deleting` ones of a prune), and step-N folders that lost files in a prune by an
-    earlier version (incomplete, and older than a complete checkpoint)."""
+    earlier version (incomplete, and older than a complete checkpoint). The run dir
+    above gets the same for its files (`.config.yaml.PID.*.tmp`, `.tokenizer.json...`)."""
     ckpt_dir = Path(ckpt_dir)
     clean_temps(ckpt_dir)
+    clean_temps(ckpt_dir.parent)
     steps = step_dirs(ckpt_dir)
     whole = [s for s, p in steps if _has_files(p)]
     for step, path in steps:

@@ -118,6 +118,7 @@ def test_checkpoints_of_earlier_versions_load_and_their_damage_is_still_found(tm
 
 
 def test_what_killed_writers_left_is_cleaned_and_what_live_ones_write_is_not(tmp_path):
+    run, tmp_path = tmp_path, tmp_path / "checkpoints"
     model = tiny()
     for step in (2, 3):
         save_checkpoint(tmp_path, step, model, {"step": step})
@@ -136,9 +137,13 @@ def test_what_killed_writers_left_is_cleaned_and_what_live_ones_write_is_not(tmp
         for p in [*leftovers, in_flight]:
             p.mkdir()
             (p / "model.safetensors").write_bytes(b"half")
+        (run / f".config.yaml.{dead}.x7.tmp").write_text("half")  # in the run dir above
+        (run / f".metrics.jsonl.{live.pid}.y8.tmp").write_text("being written")
         clean_partial(tmp_path)
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
             ["step-2", "step-3", "step-9", in_flight.name])
+        assert sorted(p.name for p in run.iterdir()) == [
+            f".metrics.jsonl.{live.pid}.y8.tmp", "checkpoints"]
     finally:
         live.kill()
         live.wait()
