@@ -34,8 +34,12 @@ def test_recipe_loads_and_resolves(path):
     assert cfg.train.seq_len <= model.max_seq_len
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("path", TINY, ids=lambda p: p.stem)
 def test_tiny_recipe_trains(path, tmp_path):
+    """30 steps take the val loss from a uniform guess (ln 512 = 6.24) to 5.11-5.14 for
+    every decoder, 5.13 for BART, 4.73 for T5 (the same on default, avx2 and avx512 kernels):
+    0.75 below uniform is a bar they clear by 0.35 (1.0 left them 0.1)."""
     cfg = load_config(path, RunConfig, [
         f"run_dir={tmp_path / 'run'}", "data.max_chars=120000", "train.max_steps=30",
         "train.eval_every=30", "train.save_every=30", "train.progress=false",
@@ -47,11 +51,11 @@ def test_tiny_recipe_trains(path, tmp_path):
         return
     if cfg.objective.name in ("bart", "t5"):  # encoder-decoders: the sample is a target
         assert 0 < summary["val_acc"] < 1 and isinstance(summary["sample"], str)
-        assert summary["val_loss"] < math.log(cfg.tokenizer.vocab_size) - 1.0
+        assert summary["val_loss"] < math.log(cfg.tokenizer.vocab_size) - 0.75
         assert (tmp_path / "run" / "checkpoints" / "step-30" / "model.safetensors").is_file()
         return
     # well below the loss of a uniform guess over the vocabulary
-    assert summary["val_loss"] < math.log(cfg.tokenizer.vocab_size) - 1.0
+    assert summary["val_loss"] < math.log(cfg.tokenizer.vocab_size) - 0.75
     assert summary["sample"].startswith("KING:")
     assert (tmp_path / "run" / "checkpoints" / "step-30" / "model.safetensors").is_file()
 

@@ -58,6 +58,7 @@ def records(run_dir, event):
     return [r for r in map(json.loads, lines) if r["event"] == event]
 
 
+@pytest.mark.learning
 def test_tiny_recipe_trains_and_reports_reconstruction_loss_and_accuracy(run):
     name, run_dir, summary = run
     assert summary["step"] == 24 and summary["tokens"] == 24 * 8 * 32  # encoder tokens

@@ -187,6 +187,7 @@ def test_declared_metrics():
     assert task.metrics == ("rougeL",) and task.main_metric == "loss"
 
 
+@pytest.mark.learning
 def test_tiny_gpt_learns_to_answer_real_conversations():
     from rouge_score import rouge_scorer
 

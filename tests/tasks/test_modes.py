@@ -290,6 +290,7 @@ def test_qa_prediction_takes_the_best_span_over_all_windows(tok):
     assert m.predict(model, rows) == ["c-d-s", "q-r-s-t"]
 
 
+@pytest.mark.learning
 def test_qa_tiny_model_finds_answers_beyond_the_first_window(tok):
     task = get_task("wiki-qa")
     m = _mode("qa", task, tok, max_len=16, options={"doc_stride": 3})

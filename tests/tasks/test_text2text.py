@@ -87,6 +87,7 @@ def test_loss_is_cross_entropy_over_decoder_logits(tok, task, preset):
     assert loss.item() == pytest.approx(alone, rel=1e-4)
 
 
+@pytest.mark.learning
 def test_tiny_t5_learns_eight_real_rows(tok, task):
     rows_all = load_task("rotten-tomatoes")["train"]
     rows = [r for r in rows_all if r["label"] == 1][:4] + \
@@ -110,6 +111,7 @@ def test_invalid_generation_is_scored_wrong(tok, task):
     assert mode.invalid == 2
 
 
+@pytest.mark.learning
 def test_rouge_on_a_tiny_summarization_run(task):
     from rouge_score import rouge_scorer
 
@@ -162,6 +164,7 @@ def test_chat_each_assistant_turn_is_an_example(tok):
         mode.check([{"messages": []}], "val")
 
 
+@pytest.mark.learning
 def test_tiny_t5_learns_real_chatterbot_replies(tok):
     """Four real conversations: the model learns to write each last reply from its history
     (ROUGE-L 1.0), and evaluate reports the loss per reply token as chat tuning does."""

@@ -101,6 +101,7 @@ def test_without_eos_scores_only_the_word(tok, task):
         hand_score(model, prompt, [*b" positive"]), abs=1e-4)
 
 
+@pytest.mark.learning
 def test_tiny_gpt_learns_eight_real_rows(tok, task):
     train = load_task("rotten-tomatoes")["train"]
     rows = [r for r in train if r["label"] == 1][:4] + [r for r in train if r["label"] == 0][:4]
@@ -211,6 +212,7 @@ def test_generation_options_reach_the_decoder(tok):
     assert beams.generation.num_beams == 3 and len(beams.predict(model, rows)) == 2
 
 
+@pytest.mark.learning
 def test_tiny_gpt_learns_real_summaries(tok):
     """Four real Debian descriptions -> synopses: memorized, then generated word for word
     (ROUGE 1.0); an untrained model scores far lower."""

@@ -53,6 +53,7 @@ def test_groups_carry_base_lr_for_the_schedule():
 
 
 @pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon not available")
+@pytest.mark.learning
 def test_muon_takes_hidden_matrices_adamw_the_rest():
     model = tiny(tie_embeddings=False)
     muon, adamw = build_optimizers(model, "muon", lr=0.02)
