@@ -41,6 +41,7 @@ from .atomic import write_text
 from .bodies import Source, body_config, check_vocab, load_body, read_source
 from .config import dump_yaml, load_config, read_yaml
 from .errors import CheckpointError, ConfigError, DataError
+from .peft.config import PeftConfig
 from .report import RESULTS
 from .training.config import TrainConfig
 from .training.distributed import DistributedConfig
@@ -108,6 +109,8 @@ class FinetuneConfig:
     max_eval_examples: int | None = None  # first N val / test rows
     train: FinetuneTrain = field(default_factory=FinetuneTrain)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    # parameter-efficient fine-tuning (docs/peft.md): method null = every weight trains
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
     def __post_init__(self):
         for key in ("max_len", "epochs", "eval_batch_size"):
@@ -178,6 +181,10 @@ class Setup:
     mode_name: str
     model_config: Any
     mode: Any
+    peft: PeftConfig = field(default_factory=PeftConfig)
+
+
+ADAPTER = "adapter.safetensors"  # RUN_DIR/adapter.safetensors: the PEFT run's trained tensors
 
 
 def setup(cfg: FinetuneConfig) -> Setup:
@@ -195,19 +202,35 @@ def setup(cfg: FinetuneConfig) -> Setup:
         raise ConfigError(f"config key 'max_len': {cfg.max_len} is longer than the model's "
                           f"context (max_seq_len = {model_cfg.max_seq_len})")
     mode = mode_cls.from_config(cfg, task, source.tokenizer, model_cfg)
-    return Setup(task, splits, source, mode_name, model_cfg, mode)
+    s = Setup(task, splits, source, mode_name, model_cfg, mode, cfg.peft)
+    if cfg.peft.method is not None:  # targets, ranks, prompt length: checked on a meta model
+        from .models import build
+        from .peft import prompts
+
+        with torch.device("meta"):
+            model = _apply_peft(s.mode.build_model(build(model_cfg)), cfg.peft)
+        prompts.check_length(model, cfg.max_len)
+    return s
+
+
+def _apply_peft(model: nn.Module, peft: PeftConfig) -> nn.Module:
+    """The PEFT method on the whole task model: the head stays trainable (peft's
+    modules_to_save), the body freezes but for the method's new parameters."""
+    from . import peft as peft_lib
+
+    return peft_lib.apply(model, peft) if peft.method is not None else model
 
 
 def build_model(s: Setup, seed: int) -> nn.Module:
     """The body (random init from `seed`, then the pretrained weights) with the mode's
-    head or changes on it."""
+    head or changes on it, then the PEFT method (`peft:`), if any."""
     from .models import build
 
     torch.manual_seed(seed)
     body = build(s.model_config)
     if s.source.state is not None:
         load_body(body, s.source.state, s.source.what)
-    return s.mode.build_model(body)
+    return _apply_peft(s.mode.build_model(body), s.peft)
 
 
 def split_rows(cfg: FinetuneConfig, s: Setup) -> dict[str, list]:
@@ -269,6 +292,7 @@ def resolved_config(cfg: FinetuneConfig, s: Setup) -> FinetuneConfig:
 def _train(cfg: FinetuneConfig, s: Setup, rows: dict, dist, resume: bool) -> dict:
     """5-6: the engine, then the best weights scored on val and test (rank 0)."""
     from .data.rows import RowSampler
+    from .peft import count_trainable
     from .tasks import greater_is_better
     from .tasks.evaluator import TaskEvaluator, score
     from .training.checkpoint import load_weights
@@ -293,10 +317,12 @@ def _train(cfg: FinetuneConfig, s: Setup, rows: dict, dist, resume: bool) -> dic
                           meta={"tokenizer_hash": source.tokenizer.fingerprint,
                                 "task": task.name, "mode": s.mode_name, "finetune": True},
                           dist=dist)
+        trainable, n_params = count_trainable(model)
         if dist.is_main:
-            n_params = sum(p.numel() for p in model.parameters())
+            what = "" if s.peft.method is None else \
+                f" ({s.peft.method}: {trainable:,} trainable, {100 * trainable / n_params:.2f}%)"
             _say(f"{run_dir}: {task.name} ({task.type}, mode {s.mode_name}) on {source.what}, "
-                 f"{n_params / 1e6:.2f}M parameters, {len(rows['train'])} train rows, "
+                 f"{n_params / 1e6:.2f}M parameters{what}, {len(rows['train'])} train rows, "
                  f"{cfg.epochs} epochs x {per_epoch} steps of {sampler.global_batch} x "
                  f"{train.grad_accum} rows ({dist.world_size} process"
                  f"{'es' if dist.world_size > 1 else ''}, strategy {dist.strategy})")
@@ -320,10 +346,29 @@ def _train(cfg: FinetuneConfig, s: Setup, rows: dict, dist, resume: bool) -> dic
                 "val": score(mode, model, rows["val"]), "test": score(mode, model, rows["test"]),
                 "checkpoint": fit["best_checkpoint"], "train_time_s": fit["train_time_s"],
                 "world_size": dist.world_size, "run_dir": str(run_dir),
+                "trainable_params": trainable, "total_params": n_params,
+                "trainable_pct": round(100 * trainable / n_params, 4),
             }
+            if s.peft.method is not None:
+                summary["peft"] = {"method": s.peft.method, **write_adapter(model, run_dir)}
             write_text(run_dir / RESULTS, json.dumps(summary, indent=2) + "\n")
         dist.barrier()
     return summary
+
+
+def write_adapter(model: nn.Module, run_dir: Path) -> dict:
+    """RUN_DIR/adapter.safetensors: the tensors a PEFT run trained (adapter + head), the
+    small file to ship beside the base; written whole or not at all."""
+    from safetensors.torch import save_file
+
+    from .atomic import atomic_path
+    from .peft import trainable_state_dict
+
+    path = run_dir / ADAPTER
+    state = {k: v.detach().cpu().contiguous() for k, v in trainable_state_dict(model).items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    return {"adapter": str(path), "adapter_bytes": path.stat().st_size}
 
 
 # -- a fine-tuned run, read back ------------------------------------------------------------
@@ -373,7 +418,7 @@ def load_finetuned(run_dir: str | Path, device: str = "cpu") -> FinetunedRun:
     model_cfg = ModelConfig.from_dict(cfg.model)
     tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
     mode = get_mode(cfg.mode).from_config(cfg, task, tokenizer, model_cfg)
-    model = mode.build_model(build(model_cfg))
+    model = _apply_peft(mode.build_model(build(model_cfg)), cfg.peft)  # LoRA, prompts...
     ckpt = best_checkpoint(run_dir)
     load_weights(ckpt, model)
     model.to(device).eval()
