@@ -214,7 +214,9 @@ def cmd_generate(args) -> int:
 
 def main_rank() -> bool:
     """Not under torchrun, or its rank 0: the process that prints."""
-    return os.environ.get("RANK", "0") == "0"
+    from .training.distributed import launched_rank
+
+    return launched_rank() == 0
 
 
 def cmd_finetune(args) -> int:
@@ -382,7 +384,9 @@ def cmd_convert(args) -> int:
     if out.exists() and any(out.iterdir()):
         raise LmforgeError(f"{out} exists and is not empty; choose a new folder")
     if is_finetuned(args.to_hf):
-        return _export_finetuned(args.to_hf, out, args.step)
+        return _export_finetuned(args.to_hf, out, args.step, args.merge)
+    if args.merge:
+        raise LmforgeError("--merge: only a LoRA fine-tuned run has weights to merge")
     run = load_run(args.to_hf, step=args.step)
     save_hf(run.model, out)
     run.tokenizer.save(out / "tokenizer.json")
@@ -390,10 +394,12 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def _export_finetuned(run_dir: Path, out: Path, step: int | None) -> int:
+def _export_finetuned(run_dir: Path, out: Path, step: int | None, merge: bool = False) -> int:
     """convert --to-hf on a fine-tuned run: its best checkpoint as the task's transformers
     class (...ForSequenceClassification ...), or as the LM class for chat / text2text /
-    verbalizer runs; the run's tokenizer (chat tokens included) beside it."""
+    verbalizer runs; the run's tokenizer (chat tokens included) beside it. A PEFT run
+    (`peft:`): the base and the adapter in peft's format (LoRA beside the weights, prompt
+    methods in OUT/adapter), or with --merge (LoRA) the merged weights alone."""
     from .finetune import load_finetuned
     from .interop.hf import hf_architecture, save_hf
     from .interop.hf_heads import save_hf_task
@@ -402,11 +408,23 @@ def _export_finetuned(run_dir: Path, out: Path, step: int | None) -> int:
     if step is not None:
         raise LmforgeError("--step: a fine-tuned run exports its kept best checkpoint")
     run = load_finetuned(run_dir)
-    if isinstance(run.model, TaskModel):
-        labels = getattr(run.mode, "labels", None) or getattr(run.task, "labels", None)
-        n = getattr(getattr(run.model.head, "out", None), "out_features", None)
-        cls = save_hf_task(run.model, out, labels=list(labels) if labels and len(labels) == n
-                           else None)
+    method = run.config.peft.method
+    if merge and method != "lora":
+        raise LmforgeError(f"--merge: only a LoRA run has weights to merge; this run's peft "
+                           f"method is {method or 'none (full fine-tuning)'}")
+    labels = getattr(run.mode, "labels", None) or getattr(run.task, "labels", None)
+    n = getattr(getattr(getattr(run.model, "head", None), "out", None), "out_features", None)
+    labels = list(labels) if labels and len(labels) == n else None
+    if method is not None:
+        from .interop.peft_format import PROMPT_ADAPTER_DIR, export_hf
+
+        cls = export_hf(run.model, out, run.config.peft, merge=merge, labels=labels)
+        where = "merged" if merge else (f"adapter in {out / PROMPT_ADAPTER_DIR}"
+                                        if method in ("prompt", "prefix", "ptuning")
+                                        else "peft adapter beside it")
+        cls = f"{cls}, {method}: {where}"
+    elif isinstance(run.model, TaskModel):
+        cls = save_hf_task(run.model, out, labels=labels)
     else:  # a generative fine-tune is an LM
         save_hf(run.model, out)
         cls = hf_architecture(run.model.config)
@@ -520,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the one beside the weights, if any), merged into the weights")
     q.add_argument("--out", type=Path, required=True)
     q.add_argument("--step", type=int, default=None)
+    q.add_argument("--merge", action="store_true", help="with --to-hf on a LoRA run: the "
+                   "merged weights (W0 + (alpha / r) B A), a plain transformers model")
     return p
 
 

@@ -2,7 +2,8 @@
 
     export_lora(model, cfg, None, "hf_dir")   # adapter_config.json + adapter_model.safetensors
     import_lora(model, "hf_dir")              # the same files onto an lmforge model
-    export_hf(model, "hf_dir", cfg, merge=False)   # save_hf (the base) + export_lora
+    export_hf(model, "hf_dir", cfg, merge=False)   # convert --to-hf of a PEFT run: the base
+                                              # (a task model: its task class) + adapter
     save_merged_hf(model, "hf_dir")           # W0 + (alpha / r) B A, a plain HF model
 
 The adapter is written for the transformers class `save_hf` writes for the model (GPT-2,
@@ -42,20 +43,30 @@ from ..peft.config import PeftConfig
 from .hf import ARCHITECTURES, _expand, _split_sizes, hf_architecture, save_hf
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+# peft's task_type of a transformers task class (by its suffix after "For")
+TASK_TYPES = {"SequenceClassification": "SEQ_CLS", "TokenClassification": "TOKEN_CLS",
+              "QuestionAnswering": "QUESTION_ANS"}
 _KEY = re.compile(r"base_model\.model\.(.+)\.lora_([AB])\.weight")
 
 
-def _hf_linears(model: nn.Module) -> tuple[str, dict[str, tuple[str, int, int]]]:
+def _hf_linears(model: nn.Module, task: bool = False
+                ) -> tuple[str, dict[str, tuple[str, int, int]]]:  # fmt: skip
     """(HF class, {HF module path: (our Linear's path, first row, end row)}): which rows of
-    which of our Linear layers each transformers projection is."""
+    which of our Linear layers each transformers projection is. `task`: named as in the
+    task classes (hf_heads.py: `bert.encoder...` where a bare BertModel has `encoder...`)."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "tie_weights") or hasattr(model, "backbone"):
         raise CheckpointError("peft format: export / import works on a bare lmforge model "
                               "(decoder, encoder, encoder-decoder), not a task model")
     arch = hf_architecture(config)
+    table = ARCHITECTURES[arch][2]
+    if task:
+        from .hf_heads import BODIES, _family
+
+        table = BODIES[_family(config)][2]
     linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     out = {}
-    for rule in _expand(ARCHITECTURES[arch][2], config.n_layer, config.decoder_layers):
+    for rule in _expand(table, config.n_layer, config.decoder_layers):
         path = rule.ours.removesuffix(".weight")
         if path not in linears or not rule.ours.endswith(".weight"):
             continue  # biases, norms, embeddings
@@ -72,13 +83,17 @@ def _hf_linears(model: nn.Module) -> tuple[str, dict[str, tuple[str, int, int]]]
 
 
 def export_lora(model: nn.Module, cfg: PeftConfig | None, family: str | None,
-                out_dir: str | Path) -> None:
+                out_dir: str | Path, head: dict[str, Tensor] | None = None,
+                task_class: str | None = None) -> None:  # fmt: skip
     """Write the model's LoRA as a peft adapter (adapter_config.json +
     adapter_model.safetensors) in `out_dir`, for the HF class `save_hf` writes.
 
     `cfg` (optional) gives the config's global r / alpha (modules that differ get a
-    rank_pattern / alpha_pattern entry); `family` (optional) must be the model's."""
-    arch, hf_map = _hf_linears(model)
+    rank_pattern / alpha_pattern entry); `family` (optional) must be the model's.
+    `head` / `task_class`: the model is the body of a task model exported as
+    `task_class` (hf_heads.py, e.g. BertForSequenceClassification); `head` holds the
+    head's tensors by their transformers names, saved as peft saves modules_to_save."""
+    arch, hf_map = _hf_linears(model, task=task_class is not None)
     if family is not None and ARCHITECTURES[arch][0] != family:
         raise CheckpointError(f"peft export: the model is {ARCHITECTURES[arch][0]} "
                               f"({arch}), not {family}")
@@ -117,14 +132,20 @@ def export_lora(model: nn.Module, cfg: PeftConfig | None, family: str | None,
             tensors[f"base_model.model.{hf_name}.lora_B.weight"] = B.contiguous().cpu()
     if not modules:
         raise CheckpointError("peft export: the model has no LoRA layers")
+    if task_class == "LlamaForQuestionAnswering":  # its body is `transformer`, not `model`
+        tensors = {k.replace("base_model.model.model.", "base_model.model.transformer.", 1): v
+                   for k, v in tensors.items()}  # fmt: skip
+        modules = {"transformer." + k.removeprefix("model."): v for k, v in modules.items()}
+    for name, tensor in (head or {}).items():  # peft's modules_to_save, as peft saves them
+        tensors[f"base_model.model.{name}"] = tensor.detach().contiguous().cpu()
     if len({x.rslora for x in slices}) > 1:
         raise CheckpointError("peft export: some LoRA layers use rsLoRA and some do not")
     drops = {x.drop.p if isinstance(x.drop, nn.Dropout) else 0.0 for x in slices}
     r0, alpha0 = (cfg.r, cfg.alpha) if cfg is not None else next(iter(modules.values()))
     hf_config = {
         "peft_type": "LORA",
-        "task_type": None,
-        "auto_mapping": {"base_model_class": arch,
+        "task_type": TASK_TYPES.get((task_class or "").rpartition("For")[2]),
+        "auto_mapping": {"base_model_class": task_class or arch,
                          "parent_library": f"transformers.models.{ARCHITECTURES[arch][1]}."
                                            f"modeling_{ARCHITECTURES[arch][1]}"},
         "base_model_name_or_path": None,
@@ -137,7 +158,7 @@ def export_lora(model: nn.Module, cfg: PeftConfig | None, family: str | None,
         "alpha_pattern": {n: a for n, (_, a) in sorted(modules.items()) if a != alpha0},
         "fan_in_fan_out": arch == "GPT2LMHeadModel",  # GPT-2's Conv1D stores (in, out)
         "bias": "none",
-        "modules_to_save": None,
+        "modules_to_save": sorted({k.split(".")[0] for k in head}) if head else None,
         "init_lora_weights": True,
         "inference_mode": True,
         "use_dora": False,
@@ -223,15 +244,28 @@ def import_lora(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def save_merged_hf(model: nn.Module, out_dir: str | Path) -> None:
+def _save_base(model: nn.Module, out_dir: str | Path, labels: list[str] | None) -> str:
+    """The model's weights as transformers writes them (a task model: its task class with
+    the head, hf_heads.py); the class's name."""
+    if hasattr(model, "backbone"):
+        from .hf_heads import save_hf_task
+
+        return save_hf_task(model, out_dir, labels=labels)
+    save_hf(model, out_dir)
+    return hf_architecture(model.config)
+
+
+def save_merged_hf(model: nn.Module, out_dir: str | Path,
+                   labels: list[str] | None = None) -> str:  # fmt: skip
     """`save_hf` of the model with every LoRA folded in (W0 + (alpha / r) B A): a plain
-    transformers checkpoint. The model is left as it was, bit for bit."""
+    transformers checkpoint (a task model: its task class, hf_heads.py). The model is
+    left as it was, bit for bit. Returns the transformers class."""
     layers = [m for m in lora_mod.lora_layers(model) if not m.merged]
     saved = [layer.weight.detach().clone() for layer in layers]
     for layer in layers:
         layer.merge()
     try:
-        save_hf(model, out_dir)
+        return _save_base(model, out_dir, labels)
     finally:
         with torch.no_grad():
             for layer, w0 in zip(layers, saved):
@@ -239,18 +273,45 @@ def save_merged_hf(model: nn.Module, out_dir: str | Path) -> None:
                 layer.merged = False
 
 
+PROMPT_ADAPTER_DIR = "adapter"  # DIR/adapter: transformers' from_pretrained(DIR) refuses
+# a prompt-learning adapter_config.json in DIR itself
+
+
 def export_hf(model: nn.Module, out_dir: str | Path, cfg: PeftConfig | None = None,
-              merge: bool = False) -> None:
-    """`convert --to-hf` for a LoRA model: the base in transformers format with the LoRA
-    beside it as a peft adapter (one folder), or with `merge` the merged weights alone.
-    A task model exports its backbone (transformers task heads have no export yet)."""
+              merge: bool = False, labels: list[str] | None = None) -> str:
+    """`convert --to-hf` of a PEFT model; returns the transformers class written.
+
+    The base in transformers format (a task model as its task class with the trained
+    head, hf_heads.py; else the model's class) and the adapter in peft's format: a LoRA
+    beside the weights in `out_dir`, so that `PeftModel.from_pretrained(Cls.from_pretrained(
+    DIR), DIR)` computes the model; prompt / prefix / P-tuning in `out_dir`/adapter. A task
+    model's head is in the adapter too, as peft's modules_to_save. With `merge` (LoRA
+    only): the merged weights alone, a plain transformers model. Houlsby adapters have no
+    peft format and are refused."""
+    from ..peft import prompts
+    from .hf_heads import _head_names
+    from .peft_prompts import export_prompt_adapter
+
     body = model.backbone if hasattr(model, "backbone") else model
     if adapters_mod.adapter_layers(body):
         raise CheckpointError("Houlsby adapters have no peft format (peft has no Houlsby "
                               "adapter; AdapterHub's check: bench/adapters_check.py)")
+    prompt = getattr(prompts._body(model), "prompt_encoder", None) is not None
+    if merge and prompt:
+        raise CheckpointError("--merge: prompt, prefix and P-tuning learn virtual tokens, not "
+                              "weights, so there is nothing to merge; export without --merge")
     if merge:
-        save_merged_hf(body, out_dir)
-        return
-    save_hf(body, out_dir)
-    if lora_mod.lora_layers(body):
-        export_lora(body, cfg, None, out_dir)
+        return save_merged_hf(model, out_dir, labels)
+    cls = _save_base(model, out_dir, labels)
+    head, task_class = None, None
+    if body is not model:  # the trained head, by its transformers names
+        task_class = cls
+        state = model.head.state_dict()
+        head = {theirs: state[ours] for ours, theirs in _head_names(cls, model.head).items()}
+    if prompt:
+        export_prompt_adapter(model, cfg or PeftConfig(method="prompt"),
+                              TASK_TYPES.get(cls.rpartition("For")[2]),
+                              Path(out_dir) / PROMPT_ADAPTER_DIR, head=head)
+    elif lora_mod.lora_layers(body):
+        export_lora(body, cfg, None, out_dir, head=head, task_class=task_class)
+    return cls

@@ -262,21 +262,23 @@ def test_convert_from_hf_merges_a_peft_adapter(tmp_path, capsys):
     assert not (tmp_path / "run2").exists()
 
 
-def test_export_hf_of_a_task_model_writes_its_backbone_and_adapter(tmp_path):
+def test_export_hf_of_a_task_model_writes_its_task_class_and_adapter(tmp_path):
     from lmforge.interop.peft_format import export_hf
     from lmforge.models.heads import ClassificationHead, TaskModel
 
     body, cfg = _lora_model("tiny-bert", ["q", "v"])
-    task = TaskModel(body, ClassificationHead(64, 2), "first")
-    export_hf(task, tmp_path, cfg)
+    task = TaskModel(body, ClassificationHead(64, 2), "pooler").eval()
+    with torch.no_grad():
+        ours = task(IDS)
+    assert export_hf(task, tmp_path, cfg) == "BertForSequenceClassification"
     assert {p.name for p in tmp_path.iterdir()} >= {
         "config.json", "model.safetensors", "adapter_config.json", "adapter_model.safetensors"}
     hf = peft_lib.PeftModel.from_pretrained(
-        transformers.BertForPreTraining.from_pretrained(tmp_path), tmp_path).eval()
-    assert _close(_ours(body), _theirs(hf))
+        transformers.BertForSequenceClassification.from_pretrained(tmp_path), tmp_path).eval()
+    assert _close(ours, _theirs(hf))
     export_hf(task, tmp_path / "merged", cfg, merge=True)
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
-    merged = transformers.BertForPreTraining.from_pretrained(tmp_path / "merged").eval()
-    assert _close(_ours(body), _theirs(merged))
+    merged = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "merged")
+    assert _close(ours, _theirs(merged.eval()))
     houlsby = peft.apply(build(presets.get("tiny-bert")), peft.PeftConfig(method="adapters"))
     _one_line_error(export_hf, houlsby, tmp_path / "h", match="Houlsby adapters have no peft")
