@@ -175,7 +175,17 @@ def cmd_generate(args) -> int:
     from .runs import load_run
 
     _check_generation_flags(args)
-    run = load_run(args.run_dir, step=args.step)
+    from .finetune import is_finetuned, load_finetuned
+
+    if is_finetuned(args.run_dir):  # a generative fine-tune (PEFT too): its best checkpoint
+        if args.step is not None:
+            raise LmforgeError("--step: a fine-tuned run generates with its kept best checkpoint")
+        run = load_finetuned(args.run_dir)
+        if hasattr(run.model, "backbone"):
+            raise LmforgeError(f"{args.run_dir} is a {run.task.type} model (task "
+                               f"{run.config.task}), not a language model: use lmforge eval")
+    else:
+        run = load_run(args.run_dir, step=args.step)
     tok = run.tokenizer
     seq2seq = run.model.config.arch == "seq2seq"
     if seq2seq:  # encoder-decoder: the prompt is the source (<mask>, <extra_id_0> allowed)

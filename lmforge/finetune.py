@@ -37,14 +37,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .atomic import write_text
+from .atomic import check_run_dir, write_text
 from .bodies import Source, body_config, check_vocab, load_body, read_source
 from .config import dump_yaml, load_config, read_yaml
 from .errors import CheckpointError, ConfigError, DataError
 from .peft.config import PeftConfig
 from .report import RESULTS
 from .training.config import TrainConfig
-from .training.distributed import DistributedConfig
+from .training.distributed import DistributedConfig, quiet_unless_main
 
 
 @dataclass
@@ -166,9 +166,11 @@ def _where(cfg: FinetuneConfig, split: str) -> str:
 def default_name(cfg: FinetuneConfig) -> str:
     if cfg.name:
         return cfg.name
+    method = f" + {cfg.peft.method}" if cfg.peft.method else ""  # a row of its own in report
     if cfg.init_from:
-        return Path(cfg.init_from).name
-    return str(cfg.model.get("preset") or cfg.model.get("family") or "model") + " (scratch)"
+        return Path(cfg.init_from).name + method
+    return str(cfg.model.get("preset") or cfg.model.get("family") or "model") + " (scratch)" \
+        + method
 
 
 @dataclass
@@ -254,7 +256,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     from .training.trainer import main_first
 
     run_dir = Path(cfg.run_dir)
-    latest = latest_checkpoint(run_dir / "checkpoints")
+    check_run_dir(run_dir)  # a file, a read-only disk: before any work
+    latest = latest_checkpoint(run_dir / "checkpoints", **quiet_unless_main())
     if resume and latest is None:
         raise CheckpointError(f"nothing to resume: no complete checkpoint in {run_dir}/checkpoints")
     if not resume and latest is not None:

@@ -116,6 +116,32 @@ def test_a_prompt_longer_than_the_context_is_one_line_before_anything_is_written
     assert not run.exists()
 
 
+@pytest.mark.parametrize("method", ["lora", "prefix"])
+def test_generate_on_a_peft_run_dir_continues_greedily_with_the_adapter(method, tok_file,
+                                                                       tmp_path, capsys):
+    from lmforge.finetune import load_finetuned
+
+    run = tmp_path / "run"
+    finetune(cfg_of(*args(run, tok_file, "model.preset=tiny-gpt2", "mode=verbalizer",
+                          "options.template={text} is", f"peft.method={method}",
+                          "peft.num_virtual_tokens=4", "epochs=1", "train.lr=3e-2",
+                          "options.label_words={negative: ' bad', positive: ' good'}")))
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prompt", "the film", "--max-new-tokens", "6",
+                 "--temperature", "0"]) == 0
+    printed = capsys.readouterr().out.strip()
+    r = load_finetuned(run)  # greedy by hand: argmax of the full forward, no cache
+    ids = r.tokenizer.encode("the film")
+    for _ in range(6):
+        with torch.no_grad():
+            nxt = int(r.model(torch.tensor([ids])).logits[0, -1].argmax())
+        if nxt == r.tokenizer.eos_id:
+            break
+        ids.append(nxt)
+    assert printed == r.tokenizer.decode(ids).strip()
+    assert "+ " + method in json.loads((run / "results.json").read_text())["model"]
+
+
 def _launch(tmp: Path, *argv: str, slow=False, ranks=1, wait=True):
     driver = tmp / "driver.py"
     driver.write_text(DRIVER)
