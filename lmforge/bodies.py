@@ -62,23 +62,28 @@ def read_source(cfg) -> Source:
         from safetensors.torch import load_file
 
         from .runs import find_checkpoint
-        from .training.checkpoint import WEIGHTS, read_meta
+        from .training.checkpoint import WEIGHTS, read_meta, verify
 
         data = read_yaml(path / "config.yaml")
         model = data.get("model") or {}
         if not isinstance(model, dict) or "preset" in model or "arch" not in model:
             raise CheckpointError(f"{path}/config.yaml: model section is not resolved")
         mc = ModelConfig.from_dict(model)
-        ckpt = find_checkpoint(path)
-        state = load_file(str(ckpt / WEIGHTS))
-        if any(k.startswith("backbone.") for k in state):  # a fine-tuned run: its body
+        if "epochs" in data and "task" in data:  # a fine-tuned run: its best weights' body
+            from .finetune import best_checkpoint
+
+            ckpt = best_checkpoint(path)
+            verify(ckpt, [WEIGHTS])
+            state = load_file(str(ckpt / WEIGHTS))
             state = {k[len("backbone."):]: v for k, v in state.items()
                      if k.startswith("backbone.")}
-        else:  # a pretraining run: load it whole, so that tied weights stored under a
-            # head's name (mlm_head.decoder.weight = tok_embed.weight) come back by both
+        else:  # a pretraining run (plain or FSDP-sharded): loaded whole, so that tied
+            # weights stored under a head's name (mlm_head.decoder.weight =
+            # tok_embed.weight) come back by both names
             from .models import build
             from .training.checkpoint import load_weights
 
+            ckpt = find_checkpoint(path)
             full = build(mc)
             load_weights(ckpt, full)
             state = full.state_dict()

@@ -25,11 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import check_run_dir
 from .config import dump_yaml, load_config
 from .errors import CheckpointError, ConfigError, DataError
 from .models.config import resolve_model_config
 from .training.checkpoint import latest_checkpoint, read_meta
 from .training.config import RunConfig
+from .training.distributed import quiet_unless_main
 from .training.trainer import LossEvaluator, Trainer, full_model, main_first, torch_threads
 
 # Model-config fields that may change between a checkpoint and its resume.
@@ -83,7 +85,8 @@ def pretrain(cfg: RunConfig, resume: bool = False) -> dict:
     train = cfg.train
 
     # 1. the run dir: resume needs a complete checkpoint; a fresh run never overwrites one
-    latest = latest_checkpoint(run_dir / "checkpoints")
+    check_run_dir(run_dir)  # a file, a read-only disk: before any work
+    latest = latest_checkpoint(run_dir / "checkpoints", **quiet_unless_main())
     if resume and latest is None:
         raise CheckpointError(f"nothing to resume: no complete checkpoint in {run_dir}/checkpoints")
     if not resume and latest is not None:

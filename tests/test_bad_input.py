@@ -183,6 +183,14 @@ CASES = [
     ("report of a pretraining run", ["report", "{w}/run"], "run"),
     ("resume with nothing to resume", ["pretrain", "{w}/run_empty/config.yaml", "--resume"],
      "nothing to resume"),
+    # -- several processes
+    ("fsdp without torchrun", ["pretrain", "tiny/gpt2", "distributed.strategy=fsdp"],
+     "needs torchrun"),
+    ("unknown strategy", ["pretrain", "tiny/gpt2", "distributed.strategy=zero3"],
+     "expected one of auto, none, ddp, fsdp"),
+    ("global batch that does not fit", ["pretrain", "tiny/gpt2",
+                                        "distributed.global_batch_size=7"],
+     "train.batch_size 8 x 1 processes x train.grad_accum 1 = 8"),
 ]
 
 

@@ -160,6 +160,20 @@ class Dist:
         self.owns_group = False
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun): usable
+    before the process group exists."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def quiet_unless_main() -> dict:
+    """`say=` for `latest_checkpoint` and the like: rank 0 speaks, the others do not."""
+    return {} if launched_rank() == 0 else {"say": lambda message: None}
+
+
 def _torchrun_env() -> dict[str, int] | None:
     """RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them; None when not launched by it."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
@@ -220,7 +234,7 @@ def init(cfg: DistributedConfig, device_name: str) -> Dist:
 # The model
 
 
-def _blocks(model: nn.Module) -> list[nn.Module]:
+def blocks(model: nn.Module) -> list[nn.Module]:
     """Every Transformer block: the members of each ModuleList named `*blocks` (decoder
     and encoder `blocks`, seq2seq `encoder_blocks` / `decoder_blocks`; under a TaskModel's
     `backbone.` or ELECTRA's `generator.` / `discriminator.` alike). ALBERT's one shared
@@ -280,7 +294,7 @@ def wrap(model: nn.Module, dist: Dist, precision: str = "fp32",
         from torch.distributed.fsdp import fully_shard
 
         mp = _mp_policy(precision)
-        for block in _blocks(model):
+        for block in blocks(model):
             fully_shard(block, mp_policy=mp, reshard_after_forward=dist.reshard_after_forward)
         # The root stays gathered from forward to backward (torch's advice: backward needs
         # it first), so a loss that reads the LM head's weight after forward -- the fused

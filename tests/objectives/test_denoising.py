@@ -15,12 +15,12 @@ from lmforge.models import presets
 from lmforge.models.seq2seq import shift_right
 from lmforge.objectives import IGNORE, BartDenoising, T5SpanCorruption, build
 from lmforge.objectives.bart_noise import bart_noise
+from lmforge.objectives.config import ObjectiveConfig
 from lmforge.objectives.denoising import count_sentinels, seq2seq_batch, source_ids, target_text
 from lmforge.objectives.masking import byte_level_word_starts, make_rng, sequence_key
 from lmforge.objectives.pairs import stop_token_ids
 from lmforge.objectives.t5_span import compute_input_and_target_lengths, span_corrupt
 from lmforge.tokenizer import Tokenizer, sentinel_tokens
-from lmforge.objectives.config import ObjectiveConfig
 
 TEXT = (
     "First Citizen: Before we proceed any further, hear me speak. All: Speak, speak! "

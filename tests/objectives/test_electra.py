@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.errors import ConfigError
-from lmforge.objectives import IGNORE, Electra, build
 from lmforge.models.config import resolve_model_config
-from lmforge.tokenizer import Tokenizer
+from lmforge.objectives import IGNORE, Electra, build
 from lmforge.objectives.config import ObjectiveConfig
+from lmforge.tokenizer import Tokenizer
 
 SPECIALS = ["<|endoftext|>", "[PAD]", "[CLS]", "[SEP]", "[MASK]"]
 TEXT = "Now is the winter of our discontent made glorious summer by this sun of York. " * 30

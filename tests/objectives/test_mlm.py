@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 from lmforge.errors import ConfigError
 from lmforge.models import build as build_model
-from lmforge.objectives import IGNORE, MaskedLM, build
-from lmforge.objectives.pairs import stop_token_ids
 from lmforge.models.config import resolve_model_config
-from lmforge.tokenizer import Tokenizer
+from lmforge.objectives import IGNORE, MaskedLM, build
 from lmforge.objectives.config import ObjectiveConfig
+from lmforge.objectives.pairs import stop_token_ids
+from lmforge.tokenizer import Tokenizer
 
 SPECIALS = ["<|endoftext|>", "[PAD]", "[CLS]", "[SEP]", "[MASK]"]
 TEXT = ("To be, or not to be, that is the question. Whether 'tis nobler in the mind to "

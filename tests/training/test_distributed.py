@@ -268,7 +268,7 @@ def test_fsdp_units_are_the_transformer_blocks_of_every_architecture():
     from lmforge.objectives.electra import ElectraPair, generator_config
 
     def ids(model):
-        return [id(b) for b in D._blocks(model)]
+        return [id(b) for b in D.blocks(model)]
 
     gpt, bart = tiny(), tiny("tiny-bart")
     assert ids(gpt) == [id(b) for b in gpt.blocks]
