@@ -210,7 +210,14 @@ def setup(cfg: FinetuneConfig) -> Setup:
         from .peft import prompts
 
         with torch.device("meta"):
-            model = _apply_peft(s.mode.build_model(build(model_cfg)), cfg.peft)
+            try:
+                model = s.mode.build_model(build(model_cfg))
+            except NotImplementedError:  # a mode that reads values (chat's grown rows):
+                model = build(model_cfg)  # the body alone; modules_to_save checked later
+                cfg_peft = dataclasses.replace(cfg.peft, modules_to_save=None)
+            else:
+                cfg_peft = cfg.peft
+            model = _apply_peft(model, cfg_peft)
         prompts.check_length(model, cfg.max_len)
     return s
 

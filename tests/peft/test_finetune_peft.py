@@ -142,6 +142,17 @@ def test_generate_on_a_peft_run_dir_continues_greedily_with_the_adapter(method, 
     assert "+ " + method in json.loads((run / "results.json").read_text())["model"]
 
 
+def test_lora_on_a_chat_run_trains_the_lora_only(tok_file, tmp_path):
+    """chat's mode grows the vocabulary (a value-dependent build the meta check cannot
+    run: the body alone is checked); the grown rows stay frozen, the LoRA trains."""
+    run = tmp_path / "chat"
+    summary = finetune(cfg_of(*args(run, tok_file, "task=chatterbot", "mode=chat",
+                                    "model.preset=tiny-gpt2", "max_len=64", "epochs=1")))
+    adapter = load_file(run / "adapter.safetensors")
+    assert adapter and all(".lora." in k for k in adapter)
+    assert summary["trainable_params"] == sum(v.numel() for v in adapter.values())
+
+
 def _launch(tmp: Path, *argv: str, slow=False, ranks=1, wait=True):
     driver = tmp / "driver.py"
     driver.write_text(DRIVER)
