@@ -67,6 +67,7 @@ from torch import Tensor, nn
 from ..errors import CheckpointError, ConfigError
 
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
+FORWARD_METHODS = ("encode", "decode", "hidden")  # the models' entry points besides forward
 BACKENDS = ("nccl", "gloo")
 
 
@@ -300,6 +301,14 @@ def wrap(model: nn.Module, dist: Dist, precision: str = "fp32",
         # it first), so a loss that reads the LM head's weight after forward -- the fused
         # head + loss of objectives/clm.py -- sees the whole tensor, not a shard.
         fully_shard(model, mp_policy=mp, reshard_after_forward=False)
+        # Objectives and generation call other entry points than forward (an encoder's
+        # encode + its MLM head, a seq2seq's encode / decode, a task model's hidden): they
+        # gather the root's weights as forward does
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        for name in FORWARD_METHODS:
+            if callable(getattr(model, name, None)):
+                register_fsdp_forward_method(model, name)
         return model
     raise ConfigError(f"config key 'distributed.strategy': unknown strategy {dist.strategy!r}")
 

@@ -204,6 +204,20 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class ObjectiveLoss(nn.Module):
+    """`objective.loss(model, batch)` as one module's forward: what DDP wraps, so that
+    the whole loss -- whichever of the model's methods it calls -- runs inside DDP's
+    forward (its gradient hooks, its search for unused parameters)."""
+
+    def __init__(self, model: nn.Module, objective):
+        super().__init__()
+        self.model = model
+        self.objective = objective  # not a module: no parameters of its own
+
+    def forward(self, batch: dict):
+        return self.objective.loss(self.model, batch)
+
+
 class LossEvaluator:
     """Pretraining's evaluator: `evaluate` (above) over a fresh iterable of validation
     batches from `batches()` each time it is called."""
@@ -288,9 +302,17 @@ class Trainer:
         if self.dist is not None:
             from .distributed import wrap
 
-            # DDP: a model whose loss may leave parameters without a gradient (a pooler, a
+            if self.strategy == "fsdp" and getattr(objective, "name", "") == "electra":
+                raise ConfigError(
+                    "distributed.strategy=fsdp: ELECTRA's generator and discriminator share "
+                    "their embeddings across two models, which FSDP cannot shard; use ddp")
+            # DDP wraps the objective's loss as one forward (ObjectiveLoss), so a loss that
+            # calls the model's other methods (an encoder's encode + MLM head) still runs
+            # inside DDP. A loss that may leave parameters without a gradient (a pooler, a
             # pair head, a frozen branch) needs DDP to look for them each step; CLM uses all
-            wrapped = wrap(self.model, self.dist, cfg.precision,
+            target = ObjectiveLoss(self.model, objective) if self.strategy == "ddp" \
+                else self.model
+            wrapped = wrap(target, self.dist, cfg.precision,
                            find_unused_parameters=getattr(objective, "name", "") != "clm")
         self.wrapped = wrapped
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -359,7 +381,10 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for i, batch in enumerate(batches):
             with self._grad_sync(last=i == len(batches) - 1), self._autocast():
-                loss_sum, _ = self.objective.loss(model, self._to_device(batch))
+                if self.strategy == "ddp":  # the wrapper's forward is the objective's loss
+                    loss_sum, _ = model(self._to_device(batch))
+                else:
+                    loss_sum, _ = self.objective.loss(model, self._to_device(batch))
                 part = loss_sum * scale
                 (self.scaler.scale(part) if self.scaler else part).backward()
             total += part.detach()
@@ -414,8 +439,7 @@ class Trainer:
 
     def evaluate(self, batches: Iterable) -> dict:
         """Validation statistics over `batches` (see `evaluate` above)."""
-        return evaluate(self.objective, self.forward_model, batches, self.device,
-                        self._autocast)
+        return self._evaluate_with(LossEvaluator(self.objective, lambda: batches))
 
     # ---- checkpoints ------------------------------------------------------------------
 
@@ -666,8 +690,10 @@ class Trainer:
                     log.close()
 
     def _evaluate_with(self, evaluator) -> dict:
+        # DDP: evaluation needs no gradient sync, so it runs on the plain module
+        model = self.model if self.strategy == "ddp" else self.forward_model
         with self._autocast():
-            return evaluator(self.forward_model)
+            return evaluator(model)
 
     def _loop(self, batches, evaluator, keep_best: KeepBest | None, log: RunLogger | None,
               peak: float, peak_source: str, steps_per_epoch: int | None):

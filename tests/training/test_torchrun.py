@@ -60,10 +60,15 @@ def torchrun(tmp: Path, *args: str, slow: bool = False, wait: bool = True):
     return out.decode(), err.decode()
 
 
-def pretrain_yaml(tmp: Path, name: str, *args) -> str:
+def pretrain_yaml(tmp: Path, name: str, *args, **extra) -> str:
     path = tmp / f"{name}.yaml"
-    dump_yaml(load_config(None, RunConfig, pretrain_args(*args)), path)
+    dump_yaml(load_config(None, RunConfig, pretrain_args(*args, **extra)), path)
     return str(path)
+
+
+# an encoder too: its MLM loss calls the model's encode and heads, not forward
+BERT = {"model.preset": "tiny-bert", "objective.name": "mlm", "objective.masking": "dynamic",
+        "tokenizer.special_tokens": '["<|endoftext|>", "[PAD]", "[CLS]", "[SEP]", "[MASK]"]'}
 
 
 def pretrain_args(run_dir, batch_size, strategy="none", **extra) -> list[str]:
@@ -98,17 +103,29 @@ def plain_weights(run_dir: Path, step: int) -> dict:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    """One process, batch 8: the reference both 2-rank runs must equal."""
+    """One process, batch 8: the reference the 2-rank runs must equal (a decoder, CLM)."""
     run = tmp_path_factory.mktemp("single") / "run"
     pretrain(load_config(None, RunConfig, pretrain_args(run, 8)))
     return run
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_ranks_pretrain_exactly_as_one_process_with_the_global_batch(single, strategy,
-                                                                        tmp_path):
+@pytest.fixture(scope="module")
+def single_bert(tmp_path_factory):
+    """The same for an encoder pretrained with (dynamic) MLM."""
+    run = tmp_path_factory.mktemp("single_bert") / "run"
+    pretrain(load_config(None, RunConfig, pretrain_args(run, 8, **BERT)))
+    return run
+
+
+@pytest.mark.parametrize("strategy,model", [("ddp", "gpt"), ("fsdp", "gpt"), ("ddp", "bert"),
+                                            ("fsdp", "bert")])
+def test_two_ranks_pretrain_exactly_as_one_process_with_the_global_batch(
+        request, strategy, model, tmp_path):
+    single = request.getfixturevalue("single" if model == "gpt" else "single_bert")
     run = tmp_path / "run"
-    out, err = torchrun(tmp_path, "pretrain", pretrain_yaml(tmp_path, "run", run, 4, strategy))
+    extra = BERT if model == "bert" else {}
+    out, err = torchrun(tmp_path, "pretrain",
+                        pretrain_yaml(tmp_path, "run", run, 4, strategy, **extra))
     assert "global batch 8 x 32" in err and err.count("global batch") == 1  # rank 0 speaks
     a, b = losses(single), losses(run)
     assert len(a) == len(b) == 8
@@ -120,7 +137,7 @@ def test_two_ranks_pretrain_exactly_as_one_process_with_the_global_batch(single,
     records = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in records if r["event"] == "train"] == list(range(1, 9))
     assert records[-1]["event"] == "summary" and records[-1]["world_size"] == 2
-    if strategy == "fsdp":  # a sharded checkpoint: one process generates and exports it
+    if strategy == "fsdp" and model == "gpt":  # sharded: one process generates, exports
         assert (run / "checkpoints" / "step-8" / "sharded").is_dir()
         assert not (run / "checkpoints" / "step-8" / "model.safetensors").exists()
         assert main(["generate", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "5",
