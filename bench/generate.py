@@ -1,22 +1,29 @@
 """Greedy decoding speed: lmforge `generate` vs transformers `generate`, same weights.
 
-    .venv/bin/python bench/generate.py [--runs 5] [--new-tokens 200] [--threads 2]
+    .venv/bin/python bench/generate.py [--runs 5] [--new-tokens 200] [--threads 1]
+                                       [--clock cpu|wall]
 
 A GPT-2-style model (6 layers, d=384, 6 heads, vocab 8192, context 256) is built by
 transformers with random weights, saved, and loaded into lmforge with `load_hf`. Batch 1,
 a 16-token prompt, 200 new tokens, KV cache on both sides, EOS never allowed
-(min_new_tokens) so every run produces exactly 200 tokens, and all token sequences are
-checked to be identical. Two modes per library: plain greedy, and greedy with prompt
-lookup decoding (transformers: `prompt_lookup_num_tokens`, lmforge:
-`prompt_lookup_tokens`; both give the greedy output, with fewer forwards when the text
-repeats itself, which random-weight models do a lot). Runs alternate; the table gives
-medians, the ratio is against transformers' plain greedy. Prints the markdown table of
-docs/benchmarks.md.
+(min_new_tokens) so every run produces exactly 200 tokens. Two modes per library: plain
+greedy, and greedy with prompt lookup decoding (transformers: `prompt_lookup_num_tokens`,
+lmforge: `prompt_lookup_tokens`; both give the greedy output, with fewer forwards when the
+text repeats itself, which random-weight models do a lot).
+
+One warm-up call of each, then `--runs` rounds; the order of the modes is reversed every
+other round, and every timed output is checked to equal transformers' plain greedy output.
+Each call is timed by the wall clock and by CPU time (time.thread_time with one torch
+thread, time.process_time -- all the process's threads -- with more; other processes'
+load does not inflate it); `--clock` picks the one of the table's ratios, both are
+printed. The threads are those torch reports inside the timed loop. The table gives
+medians; the ratio is against transformers' plain greedy in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -35,7 +42,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=200)
     ap.add_argument("--prompt-tokens", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="the clock of the ratios (both are printed)")
     ap.add_argument("--lookup", type=int, default=10, help="prompt lookup tokens (0 = skip)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -73,26 +82,37 @@ def main() -> None:
         runs["transformers, greedy + prompt lookup"] = lambda: run_hf(args.lookup)
         runs["lmforge, greedy + prompt lookup"] = lambda: run_ours(args.lookup)
     reference = run_hf()
-    for name, fn in runs.items():  # warm-up, and the parity check
-        assert torch.equal(fn(), reference), f"{name} produced other tokens"
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.runs):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    for fn in runs.values():  # warm-up
+        fn()
+    cpu = time.thread_time if args.threads == 1 else time.process_time
+    times: dict[str, dict[str, list[float]]] = {name: {"cpu": [], "wall": []} for name in runs}
+    load0, threads = os.getloadavg()[0], set()
+    for r in range(args.runs):
+        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):  # alternate the order
+            c, w = cpu(), time.perf_counter()
+            out = runs[name]()
+            times[name]["cpu"].append(cpu() - c)
+            times[name]["wall"].append(time.perf_counter() - w)
+            threads.add(torch.get_num_threads())
+            if not torch.equal(out, reference):  # parity on the timed outputs themselves
+                raise SystemExit(f"{name} produced other tokens than transformers' greedy")
 
-    tok_s = {name: n / statistics.median(t) for name, t in times.items()}
-    base = tok_s["transformers, greedy"]
+    tok_s = {name: {k: n / statistics.median(v) for k, v in t.items()}
+             for name, t in times.items()}
+    base = tok_s["transformers, greedy"][args.clock]
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"{args.threads} threads, {platform.processor() or platform.machine()}; "
-        f"{args.runs} alternating runs, medians; all outputs identical\n"
+        f"{platform.processor() or platform.machine()}; torch threads that ran: "
+        f"{','.join(map(str, sorted(threads)))}; {args.runs} alternating rounds, medians; "
+        f"every timed output identical to transformers' greedy; load average "
+        f"{load0:.1f} -> {os.getloadavg()[0]:.1f}\n"
     )
-    print("| run | tokens/s (batch 1, 200 new, KV cache) | vs transformers greedy |")
-    print("|---|---:|---:|")
+    print(f"| run | tokens/s, CPU clock | tokens/s, wall clock | vs transformers greedy "
+          f"({args.clock}) |")
+    print("|---|---:|---:|---:|")
     for name, value in tok_s.items():
-        print(f"| {name} | {value:.0f} | {value / base:.2f}x |")
+        print(f"| {name} | {value['cpu']:.0f} | {value['wall']:.0f} | "
+              f"{value[args.clock] / base:.2f}x |")
 
 
 if __name__ == "__main__":

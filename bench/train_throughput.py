@@ -1,36 +1,39 @@
 """Training throughput and peak memory: lmforge vs transformers' GPT2LMHeadModel on CPU.
 
-    .venv/bin/python bench/train_throughput.py                  # speed table, both shapes
-    .venv/bin/python bench/train_throughput.py --rss            # peak RSS table
-    .venv/bin/python bench/train_throughput.py --variants lmforge,hf-gelu_new --rounds 9
+    .venv/bin/python bench/train_throughput.py                    # 1 thread, CPU-time clock
+    .venv/bin/python bench/train_throughput.py --threads 2 --clock wall
+    .venv/bin/python bench/train_throughput.py --variants hf-gelu,lmforge-gelu --alloc off
 
 Identical GPT-2 shapes on both sides (fp32, dropout 0, tied embeddings, context 256,
 vocab 8192, batch 8): "small" = 4 layers x 256, "medium" = 6 layers x 384. One step is
 what a training loop does: forward, causal-LM loss, backward, grad-norm clip at 1.0,
 AdamW step, zero grads. lmforge runs through its `Trainer.train_step`; transformers the
-way its users run it (`model(input_ids, labels=input_ids).loss`, same optimizer).
+way its users run it (`model(input_ids, labels=input_ids).loss`). Both sides use the same
+optimizer: fused AdamW (lr 1e-4, betas 0.9 / 0.95, weight decay 0.1 on the 2-D+ tensors
+only, lmforge.training.optim.param_groups) -- lmforge's CPU default, and transformers
+Trainer's default on torch >= 2.8.
 
-Variants are run alternately in one process (`--steps` steps of each, `--rounds`
-times) so that both sides see the same machine load; the table gives median and best
-tokens/s (on a shared machine the best step is the closest to an idle machine's), the
-ratio to transformers' default (`gelu_new`), and achieved GFLOP/s (6N + 12 L d T per
-token, lmforge/flops.py) against a measured fp32 matmul ceiling at the same thread count.
+Like with like, in the same run: the allocator setting (`--alloc`: glibc's default
+"off", or "on", the large-allocation cache lmforge's trainer turns on by default on CPU,
+`train.malloc_cache`) is process-wide, so every (variant, allocator) pair runs in its
+own fresh subprocess: import, build, `--warmup` steps, then `--steps` timed steps. That
+is repeated `--rounds` times with the order of the variants reversed every other round,
+so both sides see the same machine load. Each child reports the torch threads that
+actually ran (torch.get_num_threads() inside it), the CPU time (time.thread_time with one
+thread, time.process_time -- all its threads -- otherwise) and wall time of every step,
+its losses, and its peak RSS (getrusage ru_maxrss) after build and after training.
 
-On a shared machine, `--threads 1 --clock cpu` times each step by the CPU time of the
-(single) compute thread, which other processes' load does not inflate: the fairest
-ratio there, though not the 2-thread wall-clock speed.
-
-The allocator setting is process-wide, so the in-process comparison runs both libraries
-with glibc's default (lmforge's `train.malloc_cache` off) or, with `--alloc`, both with
-the large-allocation cache that lmforge turns on by default on CPU.
-
-`--rss` runs each side in a fresh subprocess (import, build, `--rss-steps` steps) and
-reports the peak resident set size from getrusage(ru_maxrss).
+The table gives, per clock, median tokens/s and the ratio to transformers' `gelu_new`
+(its default) under the same allocator, plus achieved GFLOP/s (6N + 12 L d T per token,
+lmforge/flops.py) as a share of an fp32 1024^3 matmul ceiling measured at the same thread
+count and clock. On a shared machine the CPU-time clock is the fairer one: other
+processes' load does not inflate it (cache and memory-bandwidth sharing still does).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -49,7 +52,8 @@ SHAPES = {
 VOCAB, CTX, BATCH = 8192, 256, 8
 VARIANTS = ("hf-gelu_new", "hf-gelu", "lmforge", "lmforge-gelu", "lmforge-compile",
             "lmforge-bf16", "lmforge-unfused", "lmforge-chunk{128,256,1024,2048}")
-DEFAULT_VARIANTS = ("hf-gelu_new", "hf-gelu", "lmforge", "lmforge-gelu")
+DEFAULT_VARIANTS = ("hf-gelu_new", "lmforge")
+BASE = "hf-gelu_new"
 
 
 # ---- the two libraries' training steps ------------------------------------------------
@@ -57,6 +61,8 @@ DEFAULT_VARIANTS = ("hf-gelu_new", "hf-gelu", "lmforge", "lmforge-gelu")
 
 def hf_step_fn(shape: dict, activation: str):
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lmforge.training.optim import param_groups
 
     cfg = GPT2Config(
         vocab_size=VOCAB, n_positions=CTX, n_embd=shape["d_model"], n_layer=shape["n_layer"],
@@ -66,8 +72,9 @@ def hf_step_fn(shape: dict, activation: str):
     )  # fmt: skip
     torch.manual_seed(0)
     model = GPT2LMHeadModel(cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    ids = torch.randint(0, VOCAB, (BATCH, CTX))
+    # the same optimizer as lmforge's trainer builds on CPU (training/optim.py)
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), fused=True)
+    ids = torch.randint(0, VOCAB, (BATCH, CTX), generator=torch.Generator().manual_seed(0))
 
     def step():
         loss = model(input_ids=ids, labels=ids).loss
@@ -93,9 +100,10 @@ def lmforge_step_fn(shape: dict, activation: str = "gelu_tanh", compile: bool = 
     train = TrainConfig(batch_size=BATCH, seq_len=CTX, lr=1e-4, warmup_steps=0,
                         schedule="constant", grad_clip=1.0, compile=compile,
                         precision=precision, progress=False, tensorboard=False,
-                        device="cpu", peak_flops=1.0, malloc_cache=False)  # see --alloc
+                        device="cpu", peak_flops=1.0,
+                        malloc_cache=False)  # set by the child for both sides (--alloc)
     trainer = Trainer(model, CausalLM(chunk=chunk), train)
-    raw = torch.randint(0, VOCAB, (BATCH, CTX + 1))
+    raw = torch.randint(0, VOCAB, (BATCH, CTX + 1), generator=torch.Generator().manual_seed(0))
 
     def step():
         return trainer.train_step([raw]).loss
@@ -115,103 +123,101 @@ def make(variant: str, shape: dict):
     return lmforge_step_fn(shape, **options)
 
 
-# ---- speed ----------------------------------------------------------------------------
+def cpu_clock(threads: int):
+    """One thread: that thread's CPU time; more: the CPU time of all the process's threads."""
+    return time.thread_time if threads == 1 else time.process_time
 
 
-def bench_speed(args) -> None:
-    from lmforge.flops import measure_matmul_flops, model_flops_per_token
+# ---- one side, in a fresh process -----------------------------------------------------
 
+
+def child(args) -> None:
     torch.set_num_threads(args.threads)
-    variants = args.variants.split(",")
-    if args.clock == "cpu" and args.threads != 1:
-        raise SystemExit("--clock cpu measures the main thread's CPU time: use --threads 1")
-    timer = time.thread_time if args.clock == "cpu" else time.perf_counter
-    # re-measured every round, the best kept
-    ceiling = measure_matmul_flops(1024, seconds=2.0, timer=timer)
-    print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or 'cpu'}, "
-          f"{'CPU-time' if args.clock == 'cpu' else 'wall'} clock")
-    print(f"allocator cache (mallopt): {'on' if args.alloc else 'off'}; "
-          f"load average at start: {os.getloadavg()[0]:.1f}\n")
-    print("| shape | variant | tokens/s median | best | vs hf-gelu_new (median / best) "
-          "| GFLOP/s (median) | % of ceiling (median / best) |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for shape_name in args.shapes.split(","):
-        shape = SHAPES[shape_name]
-        steps, fpt = {}, None
-        for v in variants:
-            t0 = time.perf_counter()
-            model, step = make(v, shape)
-            if v == "lmforge":
-                fpt = model_flops_per_token(model, CTX)
-            for _ in range(args.warmup):
-                step()
-            steps[v] = step
-            print(f"<!-- {shape_name} {v}: ready in {time.perf_counter() - t0:.1f}s -->",
-                  file=sys.stderr)
-        if fpt is None:
-            from lmforge.models import ModelConfig, build
-            with torch.device("meta"):
-                fpt = model_flops_per_token(build(ModelConfig(vocab_size=VOCAB,
-                                                              max_seq_len=CTX, **shape)), CTX)
-        times = {v: [] for v in variants}
-        for _ in range(args.rounds):
-            ceiling = max(ceiling, measure_matmul_flops(1024, seconds=0.2, timer=timer))
-            for v in variants:
-                for _ in range(args.steps):
-                    t0 = timer()
-                    steps[v]()
-                    times[v].append(timer() - t0)
-        med = {v: BATCH * CTX / statistics.median(ts) for v, ts in times.items()}
-        best = {v: BATCH * CTX / min(ts) for v, ts in times.items()}
-        for v in variants:
-            ratio = "-"
-            if "hf-gelu_new" in med:
-                ratio = f"{med[v] / med['hf-gelu_new']:.2f}x / {best[v] / best['hf-gelu_new']:.2f}x"
-            pct = f"{100 * fpt * med[v] / ceiling:.0f}% / {100 * fpt * best[v] / ceiling:.0f}%"
-            print(f"| {shape_name} {shape['n_layer']}L/{shape['d_model']} | {v} | "
-                  f"{med[v]:,.0f} | {best[v]:,.0f} | {ratio} | {fpt * med[v] / 1e9:.0f} | {pct} |",
-                  flush=True)
-    print(f"\nfp32 matmul ceiling (1024^3, best seen): {ceiling / 1e9:.0f} GFLOP/s; "
-          f"load average at end: {os.getloadavg()[0]:.1f}")
-
-
-# ---- peak memory ----------------------------------------------------------------------
-
-
-def rss_child(args) -> None:
-    """One side, in this fresh process: build, train `--rss-steps` steps, report ru_maxrss."""
-    torch.set_num_threads(args.threads)
-    if args.alloc:
+    if args.alloc == "on":
         from lmforge.training.trainer import cache_large_allocations
 
-        cache_large_allocations()
-    _, step = make(args.rss_child, SHAPES[args.shapes.split(",")[0]])
+        if not cache_large_allocations():
+            raise SystemExit("--alloc on: mallopt is not available here (needs Linux + glibc)")
+    from lmforge.flops import measure_matmul_flops, model_flops_per_token
+
+    cpu = cpu_clock(args.threads)
+    model, step = make(args.child, SHAPES[args.shapes])
+    # every variant's FLOPs counted on lmforge's model of the same shape (same N, L, d, T)
+    if args.child.startswith("hf-"):
+        from lmforge.models import ModelConfig, build
+        with torch.device("meta"):
+            counted = build(ModelConfig(vocab_size=VOCAB, max_seq_len=CTX, tie_embeddings=True,
+                                        **SHAPES[args.shapes]))
+    else:
+        counted = model
+    fpt = model_flops_per_token(counted, CTX)
     built_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    for _ in range(args.rss_steps):
+    for _ in range(args.warmup):
         step()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"variant": args.rss_child, "peak_rss_mb": peak_mb, "built_mb": built_mb}))
+    cpu_s, wall_s, losses = [], [], []
+    for _ in range(args.steps):
+        c, w = cpu(), time.perf_counter()
+        losses.append(step())
+        cpu_s.append(cpu() - c)
+        wall_s.append(time.perf_counter() - w)
+    ceiling = {"cpu": measure_matmul_flops(1024, seconds=0.3, timer=cpu),
+               "wall": measure_matmul_flops(1024, seconds=0.3, timer=time.perf_counter)}
+    print(json.dumps({
+        "cpu": cpu_s, "wall": wall_s, "loss": losses, "threads": torch.get_num_threads(),
+        "fpt": fpt, "ceiling": ceiling, "built_mb": built_mb,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
 
 
-def bench_rss(args) -> None:
-    print("| shape | variant | RSS after import + build (MB) | peak RSS training (MB) "
-          "| peak vs hf-gelu_new |")
-    print("|---|---|---:|---:|---:|")
-    for shape_name in args.shapes.split(","):
-        peaks = {}
-        for v in args.variants.split(","):
-            cmd = [sys.executable, __file__, "--rss-child", v, "--shapes", shape_name,
-                   "--rss-steps", str(args.rss_steps), "--threads", str(args.threads)]
-            if args.alloc:
-                cmd.append("--alloc")
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            peaks[v] = json.loads(out.strip().splitlines()[-1])
-        base = peaks.get("hf-gelu_new", {}).get("peak_rss_mb")
-        for v, r in peaks.items():
-            mb = r["peak_rss_mb"]
-            ratio = f"{mb / base:.2f}x" if base else "-"
-            print(f"| {shape_name} | {v} | {r['built_mb']:,.0f} | {mb:,.0f} | {ratio} |",
-                  flush=True)
+def run_child(args, variant: str, shape: str, alloc: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", variant, "--shapes", shape, "--alloc", alloc,
+           "--threads", str(args.threads), "--steps", str(args.steps),
+           "--warmup", str(args.warmup)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"{variant} ({shape}, alloc {alloc}) failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- the table ------------------------------------------------------------------------
+
+
+def bench(args) -> None:
+    variants = args.variants.split(",")
+    allocs = ["off", "on"] if args.alloc == "both" else [args.alloc]
+    load0 = os.getloadavg()[0]
+    print(f"{datetime.date.today().isoformat()}; torch {torch.__version__}, "
+          f"{platform.machine()}, {os.cpu_count()} CPUs; {args.rounds} alternating rounds "
+          f"of a fresh process per (variant, allocator), {args.warmup} warm-up + "
+          f"{args.steps} timed steps each; headline clock: {args.clock}\n")
+    print("| shape | allocator cache | variant | threads ran | tokens/s CPU (median) "
+          f"| tokens/s wall (median) | vs {BASE} ({args.clock}) | % of ceiling ({args.clock}) "
+          "| peak RSS MB (after build) | last loss |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for shape in args.shapes.split(","):
+        for alloc in allocs:
+            res = {v: [] for v in variants}
+            for r in range(args.rounds):
+                for v in (variants if r % 2 == 0 else variants[::-1]):  # alternate the order
+                    t0 = time.perf_counter()
+                    res[v].append(run_child(args, v, shape, alloc))
+                    print(f"<!-- {shape} {alloc} {v} round {r}: "
+                          f"{time.perf_counter() - t0:.0f}s -->", file=sys.stderr)
+            tok = {v: {k: BATCH * CTX / statistics.median([t for x in rs for t in x[k]])
+                       for k in ("cpu", "wall")} for v, rs in res.items()}
+            for v, rs in res.items():
+                threads = sorted({x["threads"] for x in rs})
+                ceiling = max(x["ceiling"][args.clock] for x in rs)
+                pct = 100 * rs[0]["fpt"] * tok[v][args.clock] / ceiling
+                ratio = f"{tok[v][args.clock] / tok[BASE][args.clock]:.2f}x" if BASE in tok else "-"
+                peak = max(x["peak_mb"] for x in rs)
+                built = max(x["built_mb"] for x in rs)
+                print(f"| {shape} {SHAPES[shape]['n_layer']}L/{SHAPES[shape]['d_model']} | "
+                      f"{alloc} | {v} | {','.join(map(str, threads))} | {tok[v]['cpu']:,.0f} | "
+                      f"{tok[v]['wall']:,.0f} | {ratio} | {pct:.0f}% | {peak:,.0f} ({built:,.0f}) "
+                      f"| {rs[-1]['loss'][-1]:.4f} |", flush=True)
+    print(f"\nload average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
@@ -219,29 +225,21 @@ def main() -> None:
     ap.add_argument("--shapes", default="small,medium", help=f"of {', '.join(SHAPES)}")
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                     help=f"comma-separated, of {', '.join(VARIANTS)}")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="cpu: tokens per CPU-second of one thread (robust to machine load)")
-    ap.add_argument("--steps", type=int, default=1, help="steps of one variant in a row")
-    ap.add_argument("--rounds", type=int, default=10, help="alternations of all variants")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--alloc", action="store_true",
-                    help="cache large allocations (mallopt; lmforge's train.malloc_cache, "
-                         "its default) for the whole process, so for both libraries")
-    ap.add_argument("--rss", action="store_true", help="peak RSS table instead of speed")
-    ap.add_argument("--rss-steps", type=int, default=10)
-    ap.add_argument("--rss-child", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="the clock of the ratio and ceiling columns (both are printed)")
+    ap.add_argument("--alloc", choices=("both", "off", "on"), default="both",
+                    help="large-allocation cache (mallopt) for both sides: off, on, or "
+                         "both settings one after the other")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per process")
+    ap.add_argument("--rounds", type=int, default=2, help="fresh processes per variant")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.rss_child:
-        rss_child(args)
-    elif args.rss:
-        bench_rss(args)
+    if args.child:
+        child(args)
     else:
-        if args.alloc:
-            from lmforge.training.trainer import cache_large_allocations
-
-            cache_large_allocations()
-        bench_speed(args)
+        bench(args)
 
 
 if __name__ == "__main__":
