@@ -25,3 +25,62 @@ def minilm_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("minilm") / "run"
     assert main(["convert", "--from-hf", str(root), "--out", str(out)]) == 0
     return out
+
+
+SPECIAL = ["<|endoftext|>", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+
+
+@pytest.fixture(scope="session")
+def tok_file(tmp_path_factory):
+    """A tokenizer.json for the fine-tuning run tests: a 300-token BPE with BERT's special
+    tokens, trained on 600 rotten-tomatoes reviews (a module may define its own)."""
+    from lmforge.tasks import load_task
+    from lmforge.tokenizer import Tokenizer
+
+    rows = load_task("rotten-tomatoes")["train"][:600]
+    tok = Tokenizer.train([r["text"] for r in rows], vocab_size=300, special_tokens=SPECIAL,
+                          progress=False)
+    return tok.save(tmp_path_factory.mktemp("tok") / "tok.json")
+
+
+# `python DRIVER slow|fast ARGV...` runs `lmforge ARGV`; "slow" sleeps 3 ms after every
+# module call in training (no value touched) so that a test can kill the run mid-way
+DRIVER = """
+import sys, time
+if sys.argv[1] == "slow":
+    from torch.nn.modules.module import register_module_forward_hook
+    register_module_forward_hook(lambda m, a, o: time.sleep(0.003) if m.training else None)
+from lmforge.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.fixture(scope="session")
+def launch(tmp_path_factory):
+    """launch(*argv, slow=False, ranks=1, wait=True): `lmforge ARGV` in a real process --
+    under `torchrun --standalone --nproc_per_node RANKS` when ranks > 1 -- from the repo
+    root. Waits and returns its stderr (asserting exit 0), or with wait=False returns the
+    Popen (its own process group: os.killpg ends torchrun and every rank)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    driver = tmp_path_factory.mktemp("driver") / "driver.py"
+    driver.write_text(DRIVER)
+    repo = Path(__file__).resolve().parents[1]
+
+    def run(*argv: str, slow: bool = False, ranks: int = 1, wait: bool = True):
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                    str(ranks)] if ranks > 1 else []
+        cmd = [sys.executable, *launcher, str(driver), "slow" if slow else "fast", *argv]
+        proc = subprocess.Popen(cmd, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        if not wait:
+            return proc
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-3000:]
+        return err.decode()
+
+    return run

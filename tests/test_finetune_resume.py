@@ -5,8 +5,6 @@ epoch: weights, optimizer, RNG, the row sampler's position, the keep-best state)
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,30 +13,7 @@ import pytest
 from lmforge.config import dump_yaml, load_config
 from lmforge.errors import CheckpointError
 from lmforge.finetune import FinetuneConfig, finetune
-from lmforge.tasks import load_task
-from lmforge.tokenizer import Tokenizer
 from lmforge.training.logs import read_metrics
-
-REPO = Path(__file__).resolve().parents[1]
-SPECIAL = ["<|endoftext|>", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
-
-# A real process, slowed by a global forward hook (0.003 s per module call) so that it is
-# still training when the test kills it; the hook does not touch any value.
-DRIVER = """
-import sys, time
-from torch.nn.modules.module import register_module_forward_hook
-register_module_forward_hook(lambda m, a, o: time.sleep(0.003) if m.training else None)
-from lmforge.finetune import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-@pytest.fixture(scope="module")
-def tok_file(tmp_path_factory):
-    rows = load_task("rotten-tomatoes")["train"][:800]
-    tok = Tokenizer.train([r["text"] for r in rows], vocab_size=320, special_tokens=SPECIAL,
-                          progress=False)
-    return tok.save(tmp_path_factory.mktemp("tok") / "tok.json")
 
 
 def args(run_dir, tok_file) -> list[str]:
@@ -49,13 +24,12 @@ def args(run_dir, tok_file) -> list[str]:
             "train.threads=1", "train.progress=false", "train.tensorboard=false"]
 
 
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tok_file, tmp_path):
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tok_file, tmp_path, launch):
     straight = finetune(load_config(None, FinetuneConfig, args(tmp_path / "a", tok_file)))
 
     run = tmp_path / "b"
     dump_yaml(load_config(None, FinetuneConfig, args(run, tok_file)), tmp_path / "b.yaml")
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path / "b.yaml")], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = launch("finetune", str(tmp_path / "b.yaml"), slow=True, wait=False)
     deadline = time.monotonic() + 180
     while not any(r.get("step", 0) >= 6 for r in read_metrics(run / "metrics.jsonl")):
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]

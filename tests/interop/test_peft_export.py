@@ -20,21 +20,10 @@ from lmforge import peft  # noqa: E402
 from lmforge.cli import main  # noqa: E402
 from lmforge.config import load_config  # noqa: E402
 from lmforge.finetune import FinetuneConfig, finetune, load_finetuned  # noqa: E402
-from lmforge.tasks import load_task  # noqa: E402
-from lmforge.tokenizer import Tokenizer  # noqa: E402
 
-SPECIAL = ["<|endoftext|>", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
 QUIET = ["train.threads=1", "train.progress=false", "train.tensorboard=false"]
 IDS = torch.randint(5, 290, (3, 12), generator=torch.Generator().manual_seed(0))
 MASK = torch.tensor([[1] * 12, [1] * 8 + [0] * 4, [1] * 10 + [0] * 2])
-
-
-@pytest.fixture(scope="module")
-def tok_file(tmp_path_factory):
-    rows = load_task("rotten-tomatoes")["train"][:600]
-    tok = Tokenizer.train([r["text"] for r in rows], vocab_size=300, special_tokens=SPECIAL,
-                          progress=False)
-    return tok.save(tmp_path_factory.mktemp("tok") / "tok.json")
 
 
 def run(tmp_path, tok_file, name, preset, method, *extra):

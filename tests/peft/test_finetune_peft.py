@@ -7,8 +7,6 @@ long for the context fails in one line before anything is written."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,33 +17,9 @@ from safetensors.torch import load_file
 from lmforge.cli import main
 from lmforge.config import dump_yaml, load_config
 from lmforge.finetune import FinetuneConfig, build_model, evaluate_run, finetune, setup
-from lmforge.tasks import load_task
-from lmforge.tokenizer import Tokenizer
 from lmforge.training.logs import read_metrics
 
-REPO = Path(__file__).resolve().parents[2]
-SPECIAL = ["<|endoftext|>", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
 QUIET = ["train.threads=1", "train.progress=false", "train.tensorboard=false"]
-
-# A real process; the forward hook (0.003 s per module call, no value touched) keeps it
-# training long enough to be killed mid-run.
-DRIVER = """
-import sys, time
-if sys.argv[1] == "slow":
-    from torch.nn.modules.module import register_module_forward_hook
-    register_module_forward_hook(lambda m, a, o: time.sleep(0.003) if m.training else None)
-from lmforge.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
-@pytest.fixture(scope="module")
-def tok_file(tmp_path_factory):
-    rows = load_task("rotten-tomatoes")["train"][:600]
-    tok = Tokenizer.train([r["text"] for r in rows], vocab_size=300, special_tokens=SPECIAL,
-                          progress=False)
-    return tok.save(tmp_path_factory.mktemp("tok") / "tok.json")
-
 
 def args(run_dir, tok_file, *extra, batch_size=8) -> list[str]:
     # 32 rows / batch 8 = 4 steps an epoch
@@ -153,29 +127,13 @@ def test_lora_on_a_chat_run_trains_the_lora_only(tok_file, tmp_path):
     assert summary["trainable_params"] == sum(v.numel() for v in adapter.values())
 
 
-def _launch(tmp: Path, *argv: str, slow=False, ranks=1, wait=True):
-    driver = tmp / "driver.py"
-    driver.write_text(DRIVER)
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                str(ranks)] if ranks > 1 else []
-    cmd = [sys.executable, *launcher, str(driver), "slow" if slow else "fast", *argv]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    if not wait:
-        return proc
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err.decode()[-3000:]
-    return err.decode()
-
-
-def test_a_killed_lora_run_resumes_to_the_uninterrupted_run(tok_file, tmp_path):
+def test_a_killed_lora_run_resumes_to_the_uninterrupted_run(tok_file, tmp_path, launch):
     # LoRA dropout on: the RNG state in the checkpoint matters
     extra = ("peft.dropout=0.1", "epochs=4")
     straight = finetune(cfg_of(*args(tmp_path / "a", tok_file, *extra)))
     run = tmp_path / "b"
     dump_yaml(cfg_of(*args(run, tok_file, *extra)), tmp_path / "b.yaml")
-    proc = _launch(tmp_path, "finetune", str(tmp_path / "b.yaml"), slow=True, wait=False)
+    proc = launch("finetune", str(tmp_path / "b.yaml"), slow=True, wait=False)
     deadline = time.monotonic() + 180
     while not any(r.get("step", 0) >= 6 for r in read_metrics(run / "metrics.jsonl")):
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -193,7 +151,7 @@ def test_a_killed_lora_run_resumes_to_the_uninterrupted_run(tok_file, tmp_path):
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_ranks_of_lora_train_exactly_as_one_process(strategy, tok_file, tmp_path):
+def test_two_ranks_of_lora_train_exactly_as_one_process(strategy, tok_file, tmp_path, launch):
     def losses(run):
         return [r["loss"] for r in read_metrics(run / "metrics.jsonl") if r["event"] == "train"]
 
@@ -202,7 +160,7 @@ def test_two_ranks_of_lora_train_exactly_as_one_process(strategy, tok_file, tmp_
     run = tmp_path / "two"
     dump_yaml(cfg_of(*args(run, tok_file, *same, f"distributed.strategy={strategy}",
                            batch_size=4)), tmp_path / "two.yaml")
-    _launch(tmp_path, "finetune", str(tmp_path / "two.yaml"), ranks=2)
+    launch("finetune", str(tmp_path / "two.yaml"), ranks=2)
     a, b = losses(tmp_path / "one"), losses(run)
     assert len(a) == len(b) == 8
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5

@@ -10,8 +10,6 @@ run's weights; a 2-rank run leaves one run dir, one metrics.jsonl, one event fil
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,41 +22,11 @@ from lmforge.config import dump_yaml, load_config
 from lmforge.finetune import FinetuneConfig, finetune
 from lmforge.models import ModelConfig, build
 from lmforge.pretrain import pretrain
-from lmforge.tasks import load_task
-from lmforge.tokenizer import Tokenizer
 from lmforge.training import RunConfig
 from lmforge.training.checkpoint import load_weights
 from lmforge.training.logs import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
-SPECIAL = ["<|endoftext|>", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
-
-# the processes torchrun starts; a forward hook may slow them (the kill test), touching
-# no value
-DRIVER = """
-import sys, time
-if sys.argv[1] == "slow":
-    from torch.nn.modules.module import register_module_forward_hook
-    register_module_forward_hook(lambda m, a, o: time.sleep(0.004) if m.training else None)
-from lmforge.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
-def torchrun(tmp: Path, *args: str, slow: bool = False, wait: bool = True):
-    driver = tmp / "driver.py"
-    driver.write_text(DRIVER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", str(driver), "slow" if slow else "fast", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    if not wait:
-        return proc
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err.decode()[-3000:]
-    return out.decode(), err.decode()
-
 
 def pretrain_yaml(tmp: Path, name: str, *args, **extra) -> str:
     path = tmp / f"{name}.yaml"
@@ -120,12 +88,12 @@ def single_bert(tmp_path_factory):
 @pytest.mark.parametrize("strategy,model", [("ddp", "gpt"), ("fsdp", "gpt"), ("ddp", "bert"),
                                             ("fsdp", "bert")])
 def test_two_ranks_pretrain_exactly_as_one_process_with_the_global_batch(
-        request, strategy, model, tmp_path):
+        request, strategy, model, tmp_path, launch):
     single = request.getfixturevalue("single" if model == "gpt" else "single_bert")
     run = tmp_path / "run"
     extra = BERT if model == "bert" else {}
-    out, err = torchrun(tmp_path, "pretrain",
-                        pretrain_yaml(tmp_path, "run", run, 4, strategy, **extra))
+    err = launch("pretrain", pretrain_yaml(tmp_path, "run", run, 4, strategy, **extra),
+                 ranks=2)
     assert "global batch 8 x 32" in err and err.count("global batch") == 1  # rank 0 speaks
     a, b = losses(single), losses(run)
     assert len(a) == len(b) == 8
@@ -153,12 +121,12 @@ def test_two_ranks_pretrain_exactly_as_one_process_with_the_global_batch(
             assert torch.allclose(ours.eval()(ids).logits, hf(ids).logits, atol=1e-5)
 
 
-def test_a_killed_two_rank_fsdp_run_resumes_to_the_same_weights(single, tmp_path):
+def test_a_killed_two_rank_fsdp_run_resumes_to_the_same_weights(tmp_path, launch):
     straight = tmp_path / "straight"
-    torchrun(tmp_path, "pretrain", pretrain_yaml(tmp_path, "straight", straight, 4, "fsdp"))
+    launch("pretrain", pretrain_yaml(tmp_path, "straight", straight, 4, "fsdp"), ranks=2)
     run = tmp_path / "run"
     config = pretrain_yaml(tmp_path, "run", run, 4, "fsdp")
-    proc = torchrun(tmp_path, "pretrain", config, slow=True, wait=False)
+    proc = launch("pretrain", config, slow=True, ranks=2, wait=False)
     deadline = time.monotonic() + 240
     while not any(r.get("step", 0) >= 5 for r in read_metrics(run / "metrics.jsonl")):
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
@@ -168,20 +136,12 @@ def test_a_killed_two_rank_fsdp_run_resumes_to_the_same_weights(single, tmp_path
     proc.wait()
     assert (run / "checkpoints" / "step-4").is_dir()
     assert not (run / "checkpoints" / "step-8").exists()
-    torchrun(tmp_path, "pretrain", config, "--resume")
+    launch("pretrain", config, "--resume", ranks=2)
     close(plain_weights(straight, 8), plain_weights(run, 8), tol=0)  # bitwise
     assert losses(run) == losses(straight)
 
 
 # -- fine-tuning an encoder ------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tok_file(tmp_path_factory):
-    rows = load_task("rotten-tomatoes")["train"][:600]
-    tok = Tokenizer.train([r["text"] for r in rows], vocab_size=300, special_tokens=SPECIAL,
-                          progress=False)
-    return tok.save(tmp_path_factory.mktemp("tok") / "tok.json")
-
 
 def finetune_args(run_dir, tok_file, batch_size, strategy="none") -> list[str]:
     return [f"run_dir={run_dir}", f"tokenizer={tok_file}", "model.preset=tiny-bert",
@@ -193,13 +153,13 @@ def finetune_args(run_dir, tok_file, batch_size, strategy="none") -> list[str]:
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_ranks_finetune_exactly_as_one_process_with_the_global_batch(tok_file, strategy,
-                                                                        tmp_path):
+                                                                        tmp_path, launch):
     one = finetune(load_config(None, FinetuneConfig, finetune_args(tmp_path / "one",
                                                                    tok_file, 8)))
     run = tmp_path / "two"
     dump_yaml(load_config(None, FinetuneConfig, finetune_args(run, tok_file, 4, strategy)),
               tmp_path / "two.yaml")
-    torchrun(tmp_path, "finetune", str(tmp_path / "two.yaml"))
+    launch("finetune", str(tmp_path / "two.yaml"), ranks=2)
     a, b = losses(tmp_path / "one"), losses(run)
     assert len(a) == len(b) == 8  # 32 rows / 8 a step x 2 epochs
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5
