@@ -23,11 +23,12 @@ actually ran (torch.get_num_threads() inside it), the CPU time (time.thread_time
 thread, time.process_time -- all its threads -- otherwise) and wall time of every step,
 its losses, and its peak RSS (getrusage ru_maxrss) after build and after training.
 
-The table gives, per clock, median tokens/s and the ratio to transformers' `gelu_new`
-(its default) under the same allocator, plus achieved GFLOP/s (6N + 12 L d T per token,
-lmforge/flops.py) as a share of an fp32 1024^3 matmul ceiling measured at the same thread
-count and clock. On a shared machine the CPU-time clock is the fairer one: other
-processes' load does not inflate it (cache and memory-bandwidth sharing still does).
+The table gives, per clock, median tokens/s and the ratio to the first transformers
+variant listed (default: `gelu_new`, its default activation) under the same allocator,
+plus achieved GFLOP/s (6N + 12 L d T per token, lmforge/flops.py) as a share of an fp32
+1024^3 matmul ceiling measured at the same thread count and clock. On a shared machine
+the CPU-time clock is the fairer one: other processes' load does not inflate it (cache
+and memory-bandwidth sharing still does).
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ VOCAB, CTX, BATCH = 8192, 256, 8
 VARIANTS = ("hf-gelu_new", "hf-gelu", "lmforge", "lmforge-gelu", "lmforge-compile",
             "lmforge-bf16", "lmforge-unfused", "lmforge-chunk{128,256,1024,2048}")
 DEFAULT_VARIANTS = ("hf-gelu_new", "lmforge")
-BASE = "hf-gelu_new"
 
 
 # ---- the two libraries' training steps ------------------------------------------------
@@ -185,6 +185,7 @@ def run_child(args, variant: str, shape: str, alloc: str) -> dict:
 
 def bench(args) -> None:
     variants = args.variants.split(",")
+    base = next((v for v in variants if v.startswith("hf-")), variants[0])  # the ratios' 1.0
     allocs = ["off", "on"] if args.alloc == "both" else [args.alloc]
     load0 = os.getloadavg()[0]
     print(f"{datetime.date.today().isoformat()}; torch {torch.__version__}, "
@@ -192,7 +193,7 @@ def bench(args) -> None:
           f"of a fresh process per (variant, allocator), {args.warmup} warm-up + "
           f"{args.steps} timed steps each; headline clock: {args.clock}\n")
     print("| shape | allocator cache | variant | threads ran | tokens/s CPU (median) "
-          f"| tokens/s wall (median) | vs {BASE} ({args.clock}) | % of ceiling ({args.clock}) "
+          f"| tokens/s wall (median) | vs {base} ({args.clock}) | % of ceiling ({args.clock}) "
           "| peak RSS MB (after build) | last loss |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for shape in args.shapes.split(","):
@@ -210,7 +211,7 @@ def bench(args) -> None:
                 threads = sorted({x["threads"] for x in rs})
                 ceiling = max(x["ceiling"][args.clock] for x in rs)
                 pct = 100 * rs[0]["fpt"] * tok[v][args.clock] / ceiling
-                ratio = f"{tok[v][args.clock] / tok[BASE][args.clock]:.2f}x" if BASE in tok else "-"
+                ratio = f"{tok[v][args.clock] / tok[base][args.clock]:.2f}x"
                 peak = max(x["peak_mb"] for x in rs)
                 built = max(x["built_mb"] for x in rs)
                 print(f"| {shape} {SHAPES[shape]['n_layer']}L/{SHAPES[shape]['d_model']} | "
