@@ -77,6 +77,7 @@ def overfit_run(work, tok_file):
     return finetune(cfg)
 
 
+@pytest.mark.learning
 def test_a_handful_of_rows_is_learned_to_accuracy_one(overfit_run):
     assert overfit_run["test"]["accuracy"] == 1.0
     assert overfit_run["val"]["accuracy"] == 1.0
@@ -328,6 +329,7 @@ def test_a_runs_config_yaml_reruns_it(work, overfit_run, pretrained):
                                                      "model.n_layer=3"]))
 
 
+@pytest.mark.learning
 def test_a_handful_of_ner_sentences_is_learned_to_entity_f1_one(work, tok_file):
     rows = [r for r in load_task("wnut16")["train"] if any(t != "O" for t in r["tags"])][:8]
     rows = [{"tokens": r["tokens"][:12], "tags": r["tags"][:12]} for r in rows]

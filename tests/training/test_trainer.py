@@ -78,6 +78,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_grads():
         assert torch.allclose(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7), name
 
 
+@pytest.mark.learning
 def test_fit_logs_metrics_eval_summary_and_plot(tmp_path):
     data = stream()
     cfg = config(tensorboard=True)
@@ -180,6 +181,7 @@ def test_weights_gone_non_finite_are_never_checkpointed(tmp_path):
         (tmp_path / "checkpoints").iterdir())
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_autocast_precisions_train_close_to_fp32(precision):
     raw = torch.randint(0, V, (4, 17), generator=torch.Generator().manual_seed(2))
