@@ -191,6 +191,17 @@ CASES = [
     ("global batch that does not fit", ["pretrain", "tiny/gpt2",
                                         "distributed.global_batch_size=7"],
      "train.batch_size 8 x 1 processes x train.grad_accum 1 = 8"),
+    # -- parameter-efficient fine-tuning (MiniLM, the built-in real weights)
+    ("LoRA rank 0", ["finetune", "rotten-tomatoes-minilm-lora", "peft.r=0"],
+     "config key 'peft.r': expected an integer >= 1, got 0"),
+    ("LoRA rank larger than the layer", ["finetune", "rotten-tomatoes-minilm-lora",
+                                         "peft.r=500"], "is larger than the layer it adapts"),
+    ("LoRA target the model lacks", ["finetune", "rotten-tomatoes-minilm-lora",
+                                     "peft.targets=[gate]"],
+     "'gate' matches no layer of this model (it has: q, k, v, out, up, down)"),
+    ("virtual tokens past the context", ["finetune", "rotten-tomatoes-minilm-prompt",
+                                         "peft.num_virtual_tokens=600"],
+     "600 virtual tokens leave no room in the model's context of 512 positions"),
 ]
 
 
