@@ -4,9 +4,9 @@ Everything is first written under a temporary name in the destination's folder, 
 moved into place with `os.replace` (atomic on POSIX). If the writer fails, the
 temporary is removed and whatever was at the destination before is untouched.
 
-Temporary names carry the writer's process id, `.NAME.PID.XXXX.tmp` (and `.old`,
-`.deleting` for a folder being replaced or removed), so that `clean_temps` removes what a
-killed writer left behind and never what a live one is still writing.
+Temporary names carry the writer's process id and a random suffix, `.NAME.PID.RAND.tmp`
+(and `.old`, `.deleting` for a folder being replaced or removed), so that `clean_temps`
+removes what a killed writer left behind and never what a live one is still writing.
 
 A full disk (ENOSPC, EDQUOT) or a read-only one (EROFS, EACCES) while writing raises
 DiskFullError / DiskError naming the path: one line for the user, not a traceback from
@@ -108,7 +108,7 @@ def remove_dir(path: str | os.PathLike) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-# .NAME.PID.XXXX.KIND, or the names of earlier versions: .NAME.XXXX.tmp, .NAME.old
+# .NAME.PID.RAND.KIND (RAND: a random suffix), or earlier versions' .NAME.RAND.tmp, .NAME.old
 _TEMP = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)\.)?[^.]+\.(?P<kind>tmp|old|deleting)$")
 _OLD = re.compile(r"^\.(?P<name>.+)\.(?P<kind>old)$")
 
