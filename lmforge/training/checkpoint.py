@@ -221,7 +221,7 @@ def damage(path: str | Path, names: list[str] | None = None) -> str | None:
         sharded = (path / SHARDED).is_dir() and not (path / WEIGHTS).exists()
         names = sorted({STATE, *(records or {})} | (set() if sharded else {WEIGHTS}))
     for name in names:
-        problem = _file_damage(path / name, (records or {}).get(name) if records else None)
+        problem = _file_damage(path / name, records.get(name) if records else None)
         if problem:
             return problem
     return None
