@@ -119,6 +119,10 @@ def read_file(path: Path, field: str = "text") -> list[str]:
     reason = _sniff(path)
     if reason:
         raise DataError(f"{path} is not text: {reason}")
+    return _read(path, field)
+
+
+def _read(path: Path, field: str) -> list[str]:
     reader = STRUCTURED.get(path.suffix.lower())
     return reader(path, field) if reader else read_text(path)
 
@@ -152,8 +156,7 @@ def read_folder(root: Path, field: str = "text") -> list[str]:
         if reason:
             skipped.append((p, reason))
             continue
-        reader = STRUCTURED.get(p.suffix.lower())
-        found = [d for d in (reader(p, field) if reader else read_text(p)) if d.strip()]
+        found = [d for d in _read(p, field) if d.strip()]
         if not found:
             skipped.append((p, "empty"))
             continue
