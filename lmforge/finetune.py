@@ -37,14 +37,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .atomic import check_run_dir, write_text
+from .atomic import write_text
 from .bodies import Source, body_config, check_vocab, load_body, read_source
 from .config import dump_yaml, load_config, read_yaml
 from .errors import CheckpointError, ConfigError, DataError
 from .peft.config import PeftConfig
 from .report import RESULTS
 from .training.config import TrainConfig
-from .training.distributed import DistributedConfig, quiet_unless_main
+from .training.distributed import DistributedConfig
 
 
 @dataclass
@@ -258,18 +258,10 @@ def split_rows(cfg: FinetuneConfig, s: Setup) -> dict[str, list]:
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Fine-tune as `cfg` says (or resume its run); return the summary (best epoch, val
     and test metrics)."""
-    from .training.checkpoint import latest_checkpoint
     from .training.distributed import init as init_distributed
-    from .training.trainer import main_first
+    from .training.trainer import check_run_dir_state, main_first
 
-    run_dir = Path(cfg.run_dir)
-    check_run_dir(run_dir)  # a file, a read-only disk: before any work
-    latest = latest_checkpoint(run_dir / "checkpoints", **quiet_unless_main())
-    if resume and latest is None:
-        raise CheckpointError(f"nothing to resume: no complete checkpoint in {run_dir}/checkpoints")
-    if not resume and latest is not None:
-        raise CheckpointError(f"{run_dir} already holds a run ({latest.name}); pass --resume "
-                              "to continue it, or set run_dir=NEW_DIR")
+    check_run_dir_state(Path(cfg.run_dir), resume)
 
     # 1-3. task, body, mode: every check before anything is written
     s = setup(cfg)

@@ -25,14 +25,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import check_run_dir
 from .config import dump_yaml, load_config
 from .errors import CheckpointError, ConfigError, DataError
 from .models.config import resolve_model_config
-from .training.checkpoint import latest_checkpoint, read_meta
+from .training.checkpoint import read_meta
 from .training.config import RunConfig
-from .training.distributed import quiet_unless_main
-from .training.trainer import LossEvaluator, Trainer, full_model, main_first, torch_threads
+from .training.trainer import (
+    LossEvaluator,
+    Trainer,
+    check_run_dir_state,
+    full_model,
+    main_first,
+    torch_threads,
+)
 
 # Model-config fields that may change between a checkpoint and its resume.
 RUNTIME_MODEL_KEYS = ("dropout", "gradient_checkpointing")
@@ -85,15 +90,7 @@ def pretrain(cfg: RunConfig, resume: bool = False) -> dict:
     train = cfg.train
 
     # 1. the run dir: resume needs a complete checkpoint; a fresh run never overwrites one
-    check_run_dir(run_dir)  # a file, a read-only disk: before any work
-    latest = latest_checkpoint(run_dir / "checkpoints", **quiet_unless_main())
-    if resume and latest is None:
-        raise CheckpointError(f"nothing to resume: no complete checkpoint in {run_dir}/checkpoints")
-    if not resume and latest is not None:
-        raise CheckpointError(
-            f"{run_dir} already holds a run ({latest.name}); pass --resume to continue it, "
-            "or set run_dir=NEW_DIR to train again from scratch"
-        )
+    latest = check_run_dir_state(run_dir, resume)
 
     dist = init_distributed(cfg.distributed, train.device)
     try:

@@ -437,10 +437,6 @@ class Trainer:
         self.step += 1
         return StepResult(loss, n_total, tokens, grad_norm, lr, skipped=not finite)
 
-    def evaluate(self, batches: Iterable) -> dict:
-        """Validation statistics over `batches` (see `evaluate` above)."""
-        return self._evaluate_with(LossEvaluator(self.objective, lambda: batches))
-
     # ---- checkpoints ------------------------------------------------------------------
 
     @property
@@ -475,8 +471,8 @@ class Trainer:
             "optimizers": [opt.state_dict() for opt in self.optimizers] if optimizers else None,
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
-            "rng": ranks[0],
-            "rng_ranks": ranks,
+            "rng": ranks[0],  # one process: its own; several: rank 0's, the rest below
+            "rng_ranks": ranks[1:],
             "world_size": self.world_size,
             "best": dict(self.best),
             "sampler": sampler.state_dict() if sampler is not None else None,
@@ -587,7 +583,7 @@ class Trainer:
         self.best = dict(state.get("best") or self.best)
         if sampler is not None and state.get("sampler") is not None:
             sampler.load_state_dict(state["sampler"])
-        ranks = state.get("rng_ranks") or [state["rng"]]
+        ranks = [state["rng"], *(state.get("rng_ranks") or [])]
         rank = self.dist.rank if self.dist else 0
         if saved_world == self.world_size:
             set_rng_state(ranks[rank])
@@ -821,6 +817,24 @@ class Trainer:
         return False
 
 
+def check_run_dir_state(run_dir: Path, resume: bool) -> Path | None:
+    """A recipe's first check: `resume` needs a complete checkpoint, a fresh run never
+    overwrites one (and run_dir must be a writable folder). Returns the latest
+    checkpoint; rank 0 alone reports skipped damaged ones."""
+    from ..atomic import check_run_dir
+    from .distributed import quiet_unless_main
+
+    check_run_dir(run_dir)  # a file, a read-only disk: before any work
+    latest = latest_checkpoint(run_dir / "checkpoints", **quiet_unless_main())
+    if resume and latest is None:
+        raise CheckpointError(f"nothing to resume: no complete checkpoint in {run_dir}/checkpoints")
+    if not resume and latest is not None:
+        raise CheckpointError(
+            f"{run_dir} already holds a run ({latest.name}); pass --resume to continue it, "
+            "or set run_dir=NEW_DIR to train again from scratch")
+    return latest
+
+
 def main_first(dist, fn: Callable):
     """`fn()` on rank 0, then on the other ranks (which find what rank 0 wrote: its
     tokenizer, shards, run dir). An error on rank 0 is raised on every rank, so none is
@@ -851,5 +865,5 @@ def full_model(trainer: Trainer, build: Callable[[], nn.Module]) -> nn.Module | 
     if not trainer.is_main:
         return None
     model = build()
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state)
     return model.to(trainer.device)
