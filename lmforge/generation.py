@@ -418,7 +418,9 @@ def _sample(model, input_ids, attention_mask, cfg, eos, pad, stop, generator,
         next_pos = attention_mask.sum(-1, keepdim=True)  # (B, 1)
     else:
         next_pos = torch.full((B, 1), T0, dtype=torch.long, device=device)
-    cache = _new_cache(model, total) if cfg.use_cache else None
+    # the cache holds the virtual tokens too, and is not used past the window
+    span = total if window is None else min(total, window)
+    cache = _new_cache(model, span + _virtual_tokens(model)) if cfg.use_cache else None
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
     sampling = cfg.do_sample
 

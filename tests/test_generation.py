@@ -326,8 +326,15 @@ def _window_reference(model, prompt: list[int], n: int, window: int) -> list[int
 
 
 @pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-llama"])  # learned positions, RoPE
-def test_greedy_slides_past_the_context(preset, caplog):
+def test_greedy_slides_past_the_context(preset, caplog, monkeypatch):
     import dataclasses
+
+    import lmforge.generation as generation
+
+    capacities = []  # the cache is not used past the window: no larger buffer
+    new_cache = generation._new_cache
+    monkeypatch.setattr(generation, "_new_cache",
+                        lambda m, c: capacities.append(c) or new_cache(m, c))  # fmt: skip
 
     torch.manual_seed(0)
     window = 12
@@ -346,6 +353,8 @@ def test_greedy_slides_past_the_context(preset, caplog):
         assert out.shape == (2, 5 + n)
         for row, p in enumerate(prompts):
             assert out[row, 5 - len(p) :].tolist() == _window_reference(model, p, n, window)
+        assert capacities == ([window] if use_cache else [])
+        capacities.clear()
         assert [r.getMessage() for r in caplog.records] == [
             f"generation passed the model's context of {window} tokens: from here each step "
             f"sees the last {window} (sliding window)"
