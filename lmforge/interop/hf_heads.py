@@ -62,7 +62,7 @@ def _family(config: ModelConfig) -> str:
 def task_architecture(model: TaskModel) -> str:
     """The transformers class that computes what `model` computes (CheckpointError if none)."""
     config, head = model.config, model.head
-    family = "gpt2" if _family(config) == "gpt3" else _family(config)
+    family = _family(config)  # gpt3 is GPT2LMHeadModel: "gpt2" already
     kind = KINDS.get(type(head))
     if family not in BODIES or kind is None:
         raise CheckpointError(f"no transformers class for a {type(head).__name__} on a "
