@@ -12,7 +12,6 @@ writes one (`write_run`).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from .config import dump_yaml
 from .errors import CheckpointError, ConfigError
+from .training.checkpoint import print_stderr
 from .training.config import RunConfig
 
 
@@ -52,10 +52,6 @@ def find_checkpoint(run_dir: Path, step: int | None = None) -> Path:
                 f"{run_dir} has no complete checkpoint step-{step} (have: {steps})")
     verify(path, None if (path / SHARDED).is_dir() else [WEIGHTS])  # FSDP: every shard
     return path
-
-
-def print_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def is_run_dir(folder: str | Path) -> bool:

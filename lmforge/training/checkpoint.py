@@ -92,7 +92,7 @@ def list_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
     return [(s, p) for s, p in step_dirs(ckpt_dir) if is_complete(p)]
 
 
-def _stderr(message: str) -> None:
+def print_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
@@ -100,7 +100,7 @@ _said: set[str] = set()  # a resume looks twice (the recipe, then the trainer): 
 
 
 def latest_checkpoint(ckpt_dir: str | Path,
-                      say: Callable[[str], None] = _stderr) -> Path | None:
+                      say: Callable[[str], None] = print_stderr) -> Path | None:
     """The newest checkpoint under `ckpt_dir` whose files verify (what a resume starts
     from); None if there is none at all.
 
