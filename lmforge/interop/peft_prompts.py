@@ -32,11 +32,12 @@ from ..atomic import atomic_path, write_text
 from ..errors import CheckpointError
 from ..peft import prompts
 from ..peft.config import PeftConfig
+from .peft_format import CONFIG_FILE as CONFIG
+from .peft_format import WEIGHTS_FILE as WEIGHTS
 
 PEFT_TYPES = {"prompt": "PROMPT_TUNING", "prefix": "PREFIX_TUNING", "ptuning": "P_TUNING"}
 METHODS = {v: k for k, v in PEFT_TYPES.items()}
 TASK_TYPES = {"decoder": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "encoder": "FEATURE_EXTRACTION"}
-CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
 def _shape(body: nn.Module, method: str) -> dict:
