@@ -172,6 +172,13 @@ def disk_errno(e: BaseException) -> int | None:
     return None
 
 
+def _nearest(path: Path) -> Path:
+    """`path`, or its nearest parent that exists."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n:,} bytes"
 
@@ -183,10 +190,7 @@ def disk_error(e: BaseException, path: str | os.PathLike,
     code = disk_errno(e)
     path = Path(path)
     if code in _FULL:
-        probe = path
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        free = shutil.disk_usage(probe).free
+        free = shutil.disk_usage(_nearest(path)).free
         need = f"needs about {_mb(needed)}, " if needed else ""
         return DiskFullError(f"the disk is full: cannot write {path} ({need}{_mb(free)} free); "
                              "free some space and run again")
@@ -217,9 +221,7 @@ def check_run_dir(path: str | os.PathLike, what: str = "run_dir") -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DiskError(f"{what} {path} is a file, not a folder")
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = _nearest(path)
     if not probe.is_dir():
         raise DiskError(f"{what} {path} cannot be made: {probe} is a file")
     try:
