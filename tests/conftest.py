@@ -57,10 +57,11 @@ sys.exit(main(sys.argv[2:]))
 
 @pytest.fixture(scope="session")
 def launch(tmp_path_factory):
-    """launch(*argv, slow=False, ranks=1, wait=True): `lmforge ARGV` in a real process --
-    under `torchrun --standalone --nproc_per_node RANKS` when ranks > 1 -- from the repo
-    root. Waits and returns its stderr (asserting exit 0), or with wait=False returns the
-    Popen (its own process group: os.killpg ends torchrun and every rank)."""
+    """launch(*argv, slow=False, ranks=1, kill_at=None): `lmforge ARGV` in a real process
+    -- under `torchrun --standalone --nproc_per_node RANKS` when ranks > 1 -- from the repo
+    root. Waits and returns its stderr (asserting exit 0); with kill_at=(RUN_DIR, STEP) it
+    SIGKILLs the whole process group (torchrun and every rank) once RUN_DIR/metrics.jsonl
+    records STEP (the run should be slow=True to be caught mid-way)."""
     import os
     import subprocess
     import sys
@@ -70,17 +71,33 @@ def launch(tmp_path_factory):
     driver.write_text(DRIVER)
     repo = Path(__file__).resolve().parents[1]
 
-    def run(*argv: str, slow: bool = False, ranks: int = 1, wait: bool = True):
+    def run(*argv: str, slow: bool = False, ranks: int = 1, kill_at=None):
         launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                     str(ranks)] if ranks > 1 else []
         cmd = [sys.executable, *launcher, str(driver), "slow" if slow else "fast", *argv]
         proc = subprocess.Popen(cmd, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 start_new_session=True)
-        if not wait:
-            return proc
+        if kill_at is not None:
+            return _kill_at(proc, *kill_at)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()[-3000:]
         return err.decode()
 
     return run
+
+
+def _kill_at(proc, run_dir, step: int, timeout: float = 240) -> None:
+    import os
+    import signal
+    import time
+
+    from lmforge.training.logs import read_metrics
+
+    deadline = time.monotonic() + timeout
+    while not any(r.get("step", 0) >= step for r in read_metrics(run_dir / "metrics.jsonl")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, f"the run never reached step {step}"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
