@@ -339,7 +339,8 @@ class Trainer:
         self.tokens = 0
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
-        self.train_time = 0.0
+        self.train_time = 0.0  # wall-clock seconds inside train steps
+        self.train_cpu_time = 0.0  # this process's CPU seconds there (all its threads)
         self.best: dict = {"value": None, "step": None, "bad": 0, "scores": None}
         self.flops_per_token = self._flops_per_token()
         self._peak: tuple[float, str] | None = None
@@ -466,6 +467,7 @@ class Trainer:
             "step": self.step,
             "tokens": self.tokens,
             "train_time": self.train_time,
+            "train_cpu_time": self.train_cpu_time,
             "nonfinite_total": self.nonfinite_total,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "optimizers": [opt.state_dict() for opt in self.optimizers] if optimizers else None,
@@ -578,6 +580,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
         self.train_time = float(state.get("train_time", 0.0))
+        self.train_cpu_time = float(state.get("train_cpu_time", 0.0))
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         self.best = dict(state.get("best") or self.best)
@@ -708,12 +711,13 @@ class Trainer:
 
         while self.step < cfg.max_steps and not stopped_early:
             raws = [batches.next_batch() for _ in range(cfg.grad_accum)]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             result = self.train_step(raws)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
             self.train_time += dt
+            self.train_cpu_time += time.process_time() - c0
             window_time += dt
             window_tokens += result.tokens
             if result.skipped:
@@ -747,6 +751,7 @@ class Trainer:
                         "tokens": self.tokens, "tok_per_s": tok_s,
                         "mfu": mfu(fpt, tok_s, peak), "grad_norm": result.grad_norm,
                         "skipped": self.nonfinite_total, "time_s": self.train_time,
+                        "cpu_time_s": self.train_cpu_time,
                     })
                 window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
             at_end = self.step == cfg.max_steps
@@ -776,6 +781,7 @@ class Trainer:
             "final_loss": last_loss if math.isfinite(last_loss) else None,
             **{k: v for k, v in evals.items() if k != "val_tokens"},
             "train_time_s": self.train_time,
+            "train_cpu_time_s": self.train_cpu_time,
             "tok_per_s": self.tokens / self.train_time if self.train_time else 0.0,
             "flops_per_token": fpt,
             # total train FLOPs: F per token times every token trained on (resumes included)
