@@ -128,24 +128,25 @@ def seq2seq_flops_per_token(model: nn.Module, source_len: int, target_len: int) 
     (S source tokens, T target tokens) are divided by S:
 
         F * S = 6 * (N_enc + N_kv) * S  +  6 * N_dec * T             matmuls
-              + 12 * d_attn * (L_enc * S^2 + L_dec * T^2 + L_dec * T * S)  attention
+              + 12 * (d_attn L_enc S^2 + d_dec L_dec (T^2 + T S))    attention
 
     N_enc: the encoder's matmul parameters; N_kv: the decoders' cross-attention K/V
     projections, which read the S memory tokens; N_dec: the rest of the decoder and the
     LM head, which run on the T target tokens. The attention terms are the decoder
     formula's 12 L d_attn T per token for encoder self-attention (S keys), decoder
     self-attention (T keys, not halved for the causal mask) and cross-attention (S keys
-    per target token).
+    per target token); d_dec is the decoder's n_head * head_dim (BART's may differ).
     """
     cfg = model.config
-    d_attn = cfg.n_head * (getattr(cfg, "head_dim", None) or cfg.d_model // cfg.n_head)
+    d_attn = cfg.n_head * cfg.head_size  # encoder; the decoder's may differ (BART)
+    d_dec = cfg.decoder_heads * cfg.decoder_head_size
     n_enc = matmul_params(model.encoder_blocks)
     n_kv = sum(b.cross.kv.weight.numel() for b in model.decoder_blocks)
     n_dec = matmul_params(model.decoder_blocks) - n_kv + model.lm_head.weight.numel()
     L_enc, L_dec = len(model.encoder_blocks), len(model.decoder_blocks)
     S, T = source_len, target_len
     per_example = (6.0 * (n_enc + n_kv) * S + 6.0 * n_dec * T
-                   + 12.0 * d_attn * (L_enc * S * S + L_dec * T * T + L_dec * T * S))
+                   + 12.0 * (d_attn * L_enc * S * S + d_dec * L_dec * (T * T + T * S)))
     return per_example / S
 
 

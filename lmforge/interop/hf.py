@@ -858,7 +858,8 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
 
 
 def _depth(decoder: int | None, encoder: int) -> int | None:
-    """n_decoder_layer as the presets write it: None when it equals the encoder's."""
+    """A decoder size (layers, heads, FFN width) as the presets write it: None when it
+    equals the encoder's."""
     return None if decoder in (None, encoder) else decoder
 
 
@@ -872,16 +873,15 @@ def _seq2seq_config_from_hf(c: dict[str, Any], family: str) -> ModelConfig:
     if family == "bart":
         if c.get("normalize_before") or c.get("add_final_layer_norm"):
             raise CheckpointError("pre-LN BART variants (mBART) are not supported")
-        for a, b in (("encoder_attention_heads", "decoder_attention_heads"),
-                     ("encoder_ffn_dim", "decoder_ffn_dim")):  # fmt: skip
-            if c[a] != c[b]:
-                raise CheckpointError(f"{a} != {b} is not supported")
+        n_head, d_ff = c["encoder_attention_heads"], c["encoder_ffn_dim"]
         return ModelConfig(
             arch="seq2seq", family="bart", vocab_size=c["vocab_size"],
             max_seq_len=c["max_position_embeddings"], d_model=c["d_model"],
             n_layer=c["encoder_layers"],
             n_decoder_layer=_depth(c["decoder_layers"], c["encoder_layers"]),
-            n_head=c["encoder_attention_heads"], d_ff=c["encoder_ffn_dim"], norm="layernorm",
+            n_head=n_head, d_ff=d_ff, norm="layernorm",
+            n_decoder_head=_depth(c["decoder_attention_heads"], n_head),
+            d_decoder_ff=_depth(c["decoder_ffn_dim"], d_ff),
             norm_eps=1e-5, norm_position="post", final_norm=False,
             activation=_activation(c["activation_function"]), positions="learned",
             position_offset=2, embed_norm=True, final_logits_bias=True,
@@ -932,8 +932,9 @@ def _seq2seq_config_to_hf(config: ModelConfig) -> dict[str, Any]:
             "architectures": [arch], "model_type": "bart", "vocab_size": config.vocab_size,
             "max_position_embeddings": config.max_seq_len, "d_model": config.d_model,
             "encoder_layers": config.n_layer, "decoder_layers": n_dec,
-            "encoder_attention_heads": config.n_head, "decoder_attention_heads": config.n_head,
-            "encoder_ffn_dim": config.ffn_size, "decoder_ffn_dim": config.ffn_size,
+            "encoder_attention_heads": config.n_head,
+            "decoder_attention_heads": config.decoder_heads,
+            "encoder_ffn_dim": config.ffn_size, "decoder_ffn_dim": config.decoder_ffn_size,
             "activation_function": ACT_TO_HF[config.activation],
             "scale_embedding": config.embed_scale, "tie_word_embeddings": config.tie_embeddings,
             "init_std": config.init_std, "dropout": config.dropout, "attention_dropout": 0.0,
@@ -942,6 +943,8 @@ def _seq2seq_config_to_hf(config: ModelConfig) -> dict[str, Any]:
     need(config.norm == "rmsnorm" and config.norm_position == "pre", "needs pre-RMSNorm")
     need(not config.bias and not config.scale_attention, "T5 has no biases, no 1/sqrt(hs)")
     need(config.tie_embeddings or not config.scale_decoder_outputs, "rescale needs a tied head")
+    need(config.decoder_heads == config.n_head and config.decoder_ffn_size == config.ffn_size,
+         "T5Config has one num_heads and d_ff for both stacks")  # fmt: skip
     act = ACT_TO_HF[config.activation]
     if config.ffn == "gated" and act == "gelu_new":
         act = "gelu"  # T5Config reads "gated-gelu" as gelu_new (tanh) on the gate
@@ -1063,8 +1066,13 @@ def load_hf(path: str | Path, dtype: torch.dtype | None = None) -> torch.nn.Modu
 
 
 def _split_sizes(config: ModelConfig, ours: str, n_parts: int) -> list[int]:
-    if ".cross.kv." in ours:
-        return [config.n_head * config.head_size] * 2
+    if ours.startswith("decoder_blocks."):  # an encoder-decoder's decoder: its own sizes
+        inner = config.decoder_heads * config.decoder_head_size
+        if ".cross.kv." in ours:
+            return [inner] * 2
+        if ".attn.qkv." in ours:
+            return [inner] * 3
+        return [config.decoder_ffn_size] * n_parts
     if ".attn.qkv." in ours:
         q, kv = config.n_head * config.head_size, config.kv_heads * config.head_size
         return [q, kv, kv]

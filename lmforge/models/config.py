@@ -18,7 +18,9 @@ tabled in encoder.py: encoder_head, type_vocab_size, pooler, position_offset,
 embedding_size, share_layers.
 
 Encoder-decoders (arch="seq2seq": BART, T5) add theirs, tabled in seq2seq.py:
-n_decoder_layer, relative_attention_num_buckets / _max_distance, scale_attention,
+n_decoder_layer / n_decoder_head / d_decoder_ff (the decoder's depth, heads and FFN
+width when they differ from the encoder's), relative_attention_num_buckets /
+_max_distance, scale_attention,
 embed_norm, final_logits_bias, scale_decoder_outputs, decoder_start_token_id (and BART's
 position_offset=2). scale_attention=False also picks T5's initialization (seq2seq.py),
 scaled by initializer_factor.
@@ -102,6 +104,8 @@ class ModelConfig:
     share_layers: bool = False  # ALBERT: one block's weights reused by all n_layer layers
     # --- encoder-decoders only (arch="seq2seq"; BART / T5, tabled in seq2seq.py) --------
     n_decoder_layer: int | None = None  # decoder depth; None = n_layer (encoder depth)
+    n_decoder_head: int | None = None  # decoder attention heads; None = n_head (BART may differ)
+    d_decoder_ff: int | None = None  # decoder FFN hidden size; None = the encoder's (ffn_size)
     relative_attention_num_buckets: int = 0  # T5 relative position bias; 0 = none
     relative_attention_max_distance: int = 128  # T5: distances past this share a bucket
     scale_attention: bool = True  # softmax(QK^T / sqrt(hs)); T5 folds 1/sqrt(hs) into init
@@ -181,7 +185,8 @@ class ModelConfig:
                     raise ConfigError(f"model.{name}: only applies to arch=encoder")
         if self.arch != "seq2seq":
             for name, default in (
-                ("n_decoder_layer", None), ("relative_attention_num_buckets", 0),
+                ("n_decoder_layer", None), ("n_decoder_head", None), ("d_decoder_ff", None),
+                ("relative_attention_num_buckets", 0),
                 ("scale_attention", True), ("initializer_factor", 1.0), ("embed_norm", False),
                 ("final_logits_bias", False),
                 ("scale_decoder_outputs", False), ("decoder_start_token_id", None),
@@ -189,8 +194,14 @@ class ModelConfig:
                 if getattr(self, name) != default:
                     raise ConfigError(f"model.{name}: only applies to arch=seq2seq")
         else:
-            if self.n_decoder_layer is not None:
-                positive("n_decoder_layer")
+            for name in ("n_decoder_layer", "n_decoder_head", "d_decoder_ff"):
+                if getattr(self, name) is not None:
+                    positive(name)
+            if self.head_dim is None and self.d_model % self.decoder_heads:
+                raise ConfigError(
+                    f"model.d_model: expected a multiple of n_decoder_head={self.decoder_heads} "
+                    f"(or set head_dim), got {self.d_model}"
+                )
             buckets = self.relative_attention_num_buckets
             if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 0:
                 raise ConfigError(
@@ -265,6 +276,18 @@ class ModelConfig:
     @property
     def decoder_layers(self) -> int:
         return self.n_decoder_layer or self.n_layer
+
+    @property
+    def decoder_heads(self) -> int:
+        return self.n_decoder_head or self.n_head
+
+    @property
+    def decoder_head_size(self) -> int:
+        return self.head_dim or self.d_model // self.decoder_heads
+
+    @property
+    def decoder_ffn_size(self) -> int:
+        return self.d_decoder_ff or self.ffn_size
 
     @property
     def has_qkv_bias(self) -> bool:

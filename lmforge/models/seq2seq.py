@@ -4,6 +4,9 @@
     target -> embeddings -> n_decoder_layer x DecoderBlock
               (causal self-attention + cross-attention to the memory + FFN) -> LM head
 
+The decoder may have its own head count and FFN width (n_decoder_head, d_decoder_ff;
+transformers' BART allows decoder_attention_heads / decoder_ffn_dim != the encoder's).
+
 The families differ only in `ModelConfig` flags:
 
     family  positions            norm (where)         bias  scale_attention  ffn          head
@@ -108,19 +111,20 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
         scale = None if config.scale_attention else 1.0
+        n_head, head_size = config.decoder_heads, config.decoder_head_size  # BART: may differ
         self.attn_norm = make_norm(config)
         self.attn = Attention(
-            config.d_model, config.n_head, None, config.head_size, qkv_bias=config.bias,
+            config.d_model, n_head, None, head_size, qkv_bias=config.bias,
             out_bias=config.bias, dropout=config.dropout, scale=scale,
         )  # fmt: skip
         self.cross_norm = make_norm(config)
         self.cross = CrossAttention(
-            config.d_model, config.n_head, config.head_size, config.bias, config.dropout, scale
+            config.d_model, n_head, head_size, config.bias, config.dropout, scale
         )
         self.ffn_norm = make_norm(config)
         self.ffn = FeedForward(
-            config.d_model, config.ffn_size, config.activation, gated=config.ffn == "gated",
-            bias=config.bias, dropout=config.dropout,
+            config.d_model, config.decoder_ffn_size, config.activation,
+            gated=config.ffn == "gated", bias=config.bias, dropout=config.dropout,
         )  # fmt: skip
 
     def forward(self, x, memory, self_mask, cross_mask, self_cache=None, cross_cache=None):
@@ -151,7 +155,9 @@ class Seq2Seq(nn.Module):
         if config.relative_attention_num_buckets:
             args = (config.relative_attention_num_buckets, config.relative_attention_max_distance)
             self.enc_rel_bias = RelativePositionBias(*args, config.n_head, bidirectional=True)
-            self.dec_rel_bias = RelativePositionBias(*args, config.n_head, bidirectional=False)
+            self.dec_rel_bias = RelativePositionBias(
+                *args, config.decoder_heads, bidirectional=False
+            )
         self.drop = nn.Dropout(config.dropout)
         self.encoder_blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.enc_norm_out = make_norm(config) if config.has_final_norm else nn.Identity()
@@ -199,7 +205,7 @@ class Seq2Seq(nn.Module):
         the same rules hold for the decoder's cross-attention.
         """
         c, f = self.config, self.config.initializer_factor
-        d, inner = c.d_model, c.n_head * c.head_size
+        d = c.d_model
 
         def normal_(weight: Tensor, std: float) -> None:
             nn.init.normal_(weight, 0.0, f * std)
@@ -207,17 +213,19 @@ class Seq2Seq(nn.Module):
         if not c.tie_embeddings:
             normal_(self.lm_head.weight, 1.0)
         for module in self.modules():
+            if isinstance(module, (Attention, CrossAttention)):  # this stack's heads
+                hs, inner = module.head_dim, module.n_head * module.head_dim
             if isinstance(module, Attention):  # fused [Wq; Wk; Wv]
-                normal_(module.qkv.weight[:inner], (d * c.head_size) ** -0.5)
+                normal_(module.qkv.weight[:inner], (d * hs) ** -0.5)
                 normal_(module.qkv.weight[inner:], d**-0.5)
                 normal_(module.out.weight, inner**-0.5)
             elif isinstance(module, CrossAttention):  # Wq, [Wk; Wv]
-                normal_(module.q.weight, (d * c.head_size) ** -0.5)
+                normal_(module.q.weight, (d * hs) ** -0.5)
                 normal_(module.kv.weight, d**-0.5)
                 normal_(module.out.weight, inner**-0.5)
             elif isinstance(module, FeedForward):  # fc1 = wi or [wi_0; wi_1], fc2 = wo
                 normal_(module.fc1.weight, d**-0.5)
-                normal_(module.fc2.weight, c.ffn_size**-0.5)
+                normal_(module.fc2.weight, module.fc2.weight.shape[1] ** -0.5)  # d_ff^-0.5
             elif isinstance(module, nn.Embedding):  # tokens; relative bias (learned positions)
                 normal_(module.weight, 1.0 if module is self.tok_embed else d**-0.5)
             elif isinstance(module, (RMSNorm, LayerNorm)):
