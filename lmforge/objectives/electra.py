@@ -177,9 +177,11 @@ class Electra(MaskedLM):
 
     # -- loss ----------------------------------------------------------------------------
 
-    def losses(self, model: ElectraPair, batch: dict[str, Tensor]) -> dict:
-        """The two terms: mlm_sum over n masked tokens, rtd_sum over m tokens, with the
-        logits and labels behind them."""
+    @staticmethod
+    def corrupt_with_generator(model: ElectraPair, batch: dict[str, Tensor]) -> dict:
+        """The generator's part (also COCO-LM's): its MLM loss mlm_sum over the n masked
+        tokens, and the corrupted input -- its samples at the masked positions, the
+        originals elsewhere."""
         masked, labels = batch["input_ids"], batch["labels"]
         chosen = labels != IGNORE
         gen = model.generator
@@ -191,14 +193,20 @@ class Electra(MaskedLM):
         disc_input = masked.clone()
         disc_input[chosen] = sampled
         original = torch.where(chosen, labels, masked)
-        replaced = (disc_input != original).float()  # RTD labels: 1 = replaced
+        return {"mlm_sum": mlm_sum, "n": int(targets.numel()), "gen_logits": gen_logits,
+                "targets": targets, "chosen": chosen, "disc_input": disc_input,
+                "original": original}
+
+    def losses(self, model: ElectraPair, batch: dict[str, Tensor]) -> dict:
+        """The two terms: mlm_sum over n masked tokens, rtd_sum over m tokens, with the
+        logits and labels behind them."""
+        t = self.corrupt_with_generator(model, batch)
+        replaced = (t["disc_input"] != t["original"]).float()  # RTD labels: 1 = replaced
         disc = model.discriminator
-        rtd_logits = disc.rtd_head(disc.encode(disc_input)).float()  # (B, T)
+        rtd_logits = disc.rtd_head(disc.encode(t["disc_input"])).float()  # (B, T)
         rtd_sum = F.binary_cross_entropy_with_logits(rtd_logits, replaced, reduction="sum")
-        return {"mlm_sum": mlm_sum, "n": int(targets.numel()), "rtd_sum": rtd_sum,
-                "m": int(replaced.numel()), "gen_logits": gen_logits, "targets": targets,
-                "rtd_logits": rtd_logits, "replaced": replaced, "chosen": chosen,
-                "disc_input": disc_input}
+        return {**t, "rtd_sum": rtd_sum, "m": int(replaced.numel()), "rtd_logits": rtd_logits,
+                "replaced": replaced}
 
     def loss(self, model: ElectraPair, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
         """(L_MLM * m + rtd_weight * sum BCE, m): divided by m, L_MLM + w * L_RTD."""
