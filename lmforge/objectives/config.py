@@ -16,7 +16,7 @@ class ObjectiveConfig:
     key does.
     """
 
-    name: Literal["clm", "mlm", "electra", "bart", "t5"] = "clm"
+    name: Literal["clm", "mlm", "electra", "coco", "bart", "t5"] = "clm"
     # -- mlm / electra (encoders) --
     mask_prob: float = 0.15  # share of the tokens chosen as targets (mlm, electra)
     masking: Literal["static", "dynamic"] = "dynamic"  # static = BERT, dynamic = RoBERTa
@@ -27,6 +27,12 @@ class ObjectiveConfig:
     pair_weight: float = 1.0  # mlm: loss = MLM mean + pair_weight * NSP/SOP mean
     generator_size: float = 0.25  # electra: generator width / discriminator width
     rtd_weight: float = 50.0  # electra: loss = MLM(generator) + rtd_weight * RTD
+    # -- coco (COCO-LM; mask_prob / masking / whole_word as electra) --
+    generator_layers: int | None = None  # auxiliary MLM depth, same width; None = n_layer // 3
+    copy_weight: float = 50.0  # lambda_copy: loss = MLM(aux) + 50 L_copy + L_LM + scl L_SCL
+    scl_weight: float = 1.0  # weight of the sequence contrastive loss
+    temperature: float = 1.0  # InfoNCE temperature tau on cosine similarities
+    crop_ratio: float = 0.9  # the positive view: a contiguous crop of this share of the text
     # -- bart / t5 (encoder-decoders) --
     bart_mask: Literal["infill", "token", "delete", "none"] = "infill"  # bart: which masking
     mask_ratio: float = 0.3  # bart: share of tokens masked (infill: covered by spans)
