@@ -121,8 +121,13 @@ def _train(cfg: RunConfig, resume: bool, dist, tokenizer, model_cfg, objective, 
                            rank=dist.rank, world_size=dist.world_size)
     evaluator = None
     if shards.val:
+        # the unigram loss beside every eval: how far the run is from "token frequencies
+        # only" (special tokens left out: no objective predicts them from a mask)
+        unigram = shards.unigram_loss(model_cfg.vocab_size,
+                                      exclude=tokenizer.special_tokens.values())
         evaluator = LossEvaluator(objective, lambda: eval_batches(
-            shards.val, step, train.batch_size, train.eval_batches))
+            shards.val, step, train.batch_size, train.eval_batches),
+            reference={"val_unigram_loss": unigram} if unigram is not None else None)
     n_params = sum(p.numel() for p in model.parameters())
     global_batch = cfg.distributed.global_batch(train.batch_size, dist.world_size,
                                                 train.grad_accum)  # checked at the start

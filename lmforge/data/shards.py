@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +144,30 @@ class Shards:
 
     def tokens(self, split: str) -> int:
         return self.meta["splits"][split]["tokens"]
+
+    def unigram_loss(self, vocab_size: int, exclude: Sequence[int] = ()) -> float | None:
+        """The val loss of a model that ignores context: cross-entropy (nats per token)
+        of the val tokens under the train split's token frequencies, add-one smoothed,
+
+            L_unigram = -1/N sum_i log p(x_i),   p(v) = (count_train(v) + 1) / (N_train + V)
+
+        `exclude`: ids left out of both sides (special tokens an objective never predicts).
+        The plateau a pretraining run must leave: a model that learned only p(v) sits
+        here. None without val tokens."""
+        train = np.zeros(vocab_size, dtype=np.float64)
+        val = np.zeros(vocab_size, dtype=np.float64)
+        for counts, arrays in ((train, self.train), (val, self.val)):
+            for a in arrays:
+                counts += np.bincount(np.asarray(a, dtype=np.int64), minlength=vocab_size)[
+                    :vocab_size]
+        keep = np.ones(vocab_size, dtype=bool)
+        keep[list(exclude)] = False
+        p = (train + 1.0) * keep
+        p /= p.sum()
+        n = val[keep].sum()
+        if n == 0:
+            return None
+        return float(-(val[keep] * np.log(p[keep])).sum() / n)
 
 
 def read_meta(out_dir: str | Path) -> dict | None:

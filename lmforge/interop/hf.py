@@ -367,9 +367,11 @@ ACT_FROM_HF = {
     "gelu": "gelu",
     "relu": "relu",
     "silu": "silu",
+    "relu2": "relu2",
     "swish": "silu",
 }
-ACT_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+ACT_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu",
+             "relu2": "relu2"}
 
 # transformers' defaults for keys `save_pretrained` omits when they equal the default.
 HF_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -755,6 +757,11 @@ def hf_architecture(config: ModelConfig) -> str:
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """`ModelConfig` -> a transformers `config.json` dict (every key written out)."""
+    for name in ("qk_norm", "logit_softcap"):  # no family we export has them
+        if getattr(config, name):
+            raise CheckpointError(
+                f"a model with {name}={getattr(config, name)!r} has no transformers "
+                "equivalent among the exported families; keep it as an lmforge run")
     if config.arch == "encoder":
         return _encoder_config_to_hf(config)
     if config.arch == "seq2seq":

@@ -49,7 +49,7 @@ ENCODER_HEADS = ("none", "mlm", "mlm_nsp", "mlm_sop", "rtd")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 FFNS = ("mlp", "gated")
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
+ACTIVATIONS = ("relu", "relu2", "gelu", "gelu_tanh", "silu")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_seq_len")
 
@@ -75,7 +75,7 @@ class ModelConfig:
     norm_position: Literal["pre", "post"] = "pre"  # pre-LN (GPT-2+) or post-LN (GPT-1)
     final_norm: bool | None = None  # norm after the last block; None = yes for pre-LN
     ffn: Literal["mlp", "gated"] = "mlp"  # W2 act(W1 x) or W2 (act(Wg x) * (Wu x))
-    activation: Literal["relu", "gelu", "gelu_tanh", "silu"] = "gelu_tanh"
+    activation: Literal["relu", "relu2", "gelu", "gelu_tanh", "silu"] = "gelu_tanh"
     bias: bool = True  # biases on attention output and FFN linears
     qkv_bias: bool | None = None  # biases on q, k, v; None = same as `bias` (Qwen2: True)
     # --- positions ----------------------------------------------------------------------
@@ -86,6 +86,9 @@ class ModelConfig:
     sliding_window: int | None = None  # Mistral: attend to at most this many recent tokens
     # --- embeddings and head ------------------------------------------------------------
     tie_embeddings: bool = True  # LM head shares the token embedding matrix
+    qk_norm: bool = False  # RMSNorm on each head's q and k before attention (OLMo 2, Qwen3)
+    logit_softcap: float | None = None  # logits = c tanh(logits / c) (Gemma 2); None = off
+    zero_init_residual: bool = False  # attention out and FFN fc2 start at 0 (modded-nanogpt)
     embed_scale: bool = False  # multiply token embeddings by sqrt(d_model) (Gemma)
     # --- training-time switches ---------------------------------------------------------
     dropout: float = 0.0  # on embeddings, attention probabilities and residual branches
@@ -159,6 +162,12 @@ class ModelConfig:
         if self.positions == "sinusoidal" and self.d_model % 2:
             raise ConfigError(
                 f"model.d_model: sinusoidal positions need an even size, got {self.d_model}"
+            )
+        if self.logit_softcap is not None and not (
+            isinstance(self.logit_softcap, (int, float)) and self.logit_softcap > 0
+        ):
+            raise ConfigError(
+                f"model.logit_softcap: expected a positive number, got {self.logit_softcap!r}"
             )
         if self.embedding_size is not None:
             positive("embedding_size")

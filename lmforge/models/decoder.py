@@ -81,7 +81,9 @@ class Decoder(nn.Module):
         init_normal_(self, std)
         if not self.config.tie_embeddings:
             nn.init.normal_(self.lm_head.weight, 0.0, std)
-        residual_std = std / math.sqrt(2 * self.config.n_layer)
+        # zero_init_residual: every block starts as the identity (modded-nanogpt)
+        residual_std = 0.0 if self.config.zero_init_residual else std / math.sqrt(
+            2 * self.config.n_layer)
         for block in self.blocks:
             nn.init.normal_(block.attn.out.weight, 0.0, residual_std)
             nn.init.normal_(block.ffn.fc2.weight, 0.0, residual_std)
@@ -177,6 +179,9 @@ class Decoder(nn.Module):
         x = self.norm_out(x)
 
         h = x[:, -logits_to_keep:] if logits_to_keep else x
+        logits = self.lm_head(h)
+        if config.logit_softcap:  # soft-capping (Gemma 2): c tanh(z / c), within (-c, c)
+            logits = config.logit_softcap * torch.tanh(logits / config.logit_softcap)
         return CausalLMOutput(
-            logits=self.lm_head(h), past_key_values=past_key_values, last_hidden_state=x
+            logits=logits, past_key_values=past_key_values, last_hidden_state=x
         )

@@ -86,6 +86,7 @@ def make_norm(config: ModelConfig) -> nn.Module:
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
+    "relu2": lambda x: F.relu(x).square(),  # ReLU^2 (So et al., Primer; modded-nanogpt)
     "gelu": F.gelu,  # exact: x * Phi(x)
     "gelu_tanh": partial(F.gelu, approximate="tanh"),  # GPT-2's "gelu_new"
     "silu": F.silu,  # x * sigmoid(x), "swish"
@@ -352,6 +353,8 @@ class Attention(nn.Module):
         out_bias: bool = True,
         dropout: float = 0.0,
         scale: float | None = None,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-6,
     ):
         super().__init__()
         self.scale = scale  # None = 1 / sqrt(hs); T5 uses 1.0
@@ -364,6 +367,10 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(d_model, q_size + 2 * kv_size, bias=qkv_bias)
         self.out = nn.Linear(q_size, d_model, bias=out_bias)
         self.resid_dropout = nn.Dropout(dropout)
+        # QK-norm: q and k of every head scaled to unit RMS (times a learned gain), so the
+        # attention logits q.k / sqrt(hs) stay bounded however large the weights grow
+        self.q_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
 
     def forward(
         self,
@@ -378,6 +385,8 @@ class Attention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
@@ -420,6 +429,8 @@ class Block(nn.Module):
             out_bias=config.bias,
             dropout=config.dropout,
             scale=None if config.scale_attention else 1.0,
+            qk_norm=config.qk_norm,
+            norm_eps=config.norm_eps,
         )
         self.ffn_norm = make_norm(config)
         self.ffn = FeedForward(

@@ -239,4 +239,6 @@ def _plain_head(model):
     from ..models.heads import LMHead
 
     head = getattr(model, "lm_head", None)
+    if getattr(getattr(model, "config", None), "logit_softcap", None):
+        return None  # the logits are capped after the head: not a plain h W^T
     return head if type(head) is LMHead else None

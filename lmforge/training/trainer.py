@@ -220,14 +220,18 @@ class ObjectiveLoss(nn.Module):
 
 class LossEvaluator:
     """Pretraining's evaluator: `evaluate` (above) over a fresh iterable of validation
-    batches from `batches()` each time it is called."""
+    batches from `batches()` each time it is called. `reference`: fixed numbers reported
+    beside every eval (val_unigram_loss: the plateau the val loss is measured against)."""
 
-    def __init__(self, objective, batches: Callable[[], Iterable]):
+    def __init__(self, objective, batches: Callable[[], Iterable],
+                 reference: dict[str, float] | None = None):
         self.objective, self.batches = objective, batches
+        self.reference = reference or {}
 
     def __call__(self, model: nn.Module) -> dict:
         device = next(model.parameters()).device
-        return evaluate(self.objective, model, self.batches(), device)
+        out = evaluate(self.objective, model, self.batches(), device)
+        return {**out, **self.reference} if out else out
 
 
 @dataclass

@@ -83,3 +83,20 @@ def test_tokenizer_without_eos_is_refused(tmp_path, docs):
     with pytest.raises(DataError, match="end-of-text"):
         write_shards(docs[:2], plain, tmp_path / "sh")
     assert not (tmp_path / "sh").exists()
+
+
+def test_unigram_loss_by_hand():
+    """Train counts (token: count) 0:3, 1:1, 2:0 (+ special 3 left out), add-one smoothed:
+    p = (4, 2, 1) / 7; val tokens 0, 1, 1 -> -(log 4/7 + 2 log 2/7) / 3."""
+    import math
+
+    from lmforge.data.shards import Shards
+
+    shards = Shards(meta={}, train=[np.array([0, 0, 3], np.uint16), np.array([0, 1], np.uint16)],
+                    val=[np.array([0, 1, 3, 1], np.uint16)])
+    want = -(math.log(4 / 7) + 2 * math.log(2 / 7)) / 3
+    assert shards.unigram_loss(4, exclude=[3]) == pytest.approx(want, rel=1e-12)
+    # nothing left out: 3 counts on both sides, p = (4, 2, 1, 2) / 9
+    want = -(math.log(4 / 9) + 2 * math.log(2 / 9) + math.log(2 / 9)) / 4
+    assert shards.unigram_loss(4) == pytest.approx(want, rel=1e-12)
+    assert Shards(meta={}, train=shards.train, val=[]).unigram_loss(4) is None

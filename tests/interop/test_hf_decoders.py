@@ -41,6 +41,9 @@ def _hf_config(family):
         return t.GPT2Config(vocab_size=V, n_positions=64, n_embd=64, n_layer=2, n_head=4,
                             n_inner=80, activation_function="relu", tie_word_embeddings=False,
                             bos_token_id=0, eos_token_id=0)  # fmt: skip
+    if family == "gpt2-relu2":  # ReLU^2 (the speedrun's activation)
+        return t.GPT2Config(vocab_size=V, n_positions=64, n_embd=64, n_layer=2, n_head=4,
+                            activation_function="relu2", bos_token_id=0, eos_token_id=0)
     if family == "llama":  # grouped-query attention
         return t.LlamaConfig(**LLAMA_LIKE, num_key_value_heads=2)
     if family == "llama3.2":  # tied, Llama-3 RoPE scaling
@@ -55,7 +58,8 @@ def _hf_config(family):
     raise AssertionError(family)
 
 
-FAMILIES = ["gpt2", "gpt2-untied-relu", "llama", "llama3.2", "mistral", "qwen2", "gemma"]
+FAMILIES = ["gpt2", "gpt2-untied-relu", "gpt2-relu2", "llama", "llama3.2", "mistral", "qwen2",
+            "gemma"]
 
 
 def _hf_model(family):

@@ -180,3 +180,68 @@ def test_cache_crop_drops_rejected_positions():
     out.past_key_values.crop(6)
     rest = model(ids[:, 6:], past_key_values=out.past_key_values).logits
     torch.testing.assert_close(rest, full[:, 6:], atol=1e-5, rtol=1e-4)
+
+
+# --- the speedrun's switches: QK-norm, logit soft-capping, zero-init residual -------------
+
+
+def test_qk_norm_normalizes_each_heads_q_and_k():
+    """With qk_norm, attention is SDPA over RMS-normalized q and k (times their gains)."""
+    from lmforge.models.layers import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(32, 4, qk_norm=True, norm_eps=1e-6).eval()
+    with torch.no_grad():
+        attn.q_norm.weight.uniform_(0.5, 1.5)
+        attn.k_norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 5, 32)
+    q, k, v = (t.view(2, 5, 4, 8).transpose(1, 2) for t in attn.qkv(x).split(32, dim=-1))
+
+    def rms(t, w):
+        return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+
+    att = (rms(q, attn.q_norm.weight) @ rms(k, attn.k_norm.weight).transpose(-1, -2)) / 8**0.5
+    att = att.masked_fill(torch.ones(5, 5, dtype=torch.bool).triu(1), float("-inf"))
+    y = (att.softmax(-1) @ v).transpose(1, 2).reshape(2, 5, 32)
+    torch.testing.assert_close(attn(x, is_causal=True), attn.out(y), atol=1e-5, rtol=1e-5)
+
+
+def test_logit_softcap_bounds_the_logits_and_the_loss_uses_them():
+    from lmforge.objectives.clm import CausalLM
+
+    torch.manual_seed(0)
+    plain = _model("tiny-llama")
+    capped = _model("tiny-llama", logit_softcap=0.5)
+    ids = torch.randint(0, 256, (2, 9))
+    raw, out = plain(ids).logits, capped(ids).logits
+    torch.testing.assert_close(out, 0.5 * torch.tanh(raw / 0.5))
+    assert out.abs().max() < 0.5 < raw.abs().max()
+    batch = CausalLM().prepare(torch.randint(0, 256, (2, 10)))
+    loss, n = CausalLM().loss(capped, batch)  # not the fused h W^T path: capped logits
+    logits = capped(batch["input_ids"]).logits
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, 256), batch["targets"].reshape(-1),
+                                             reduction="sum")
+    assert n == 18
+    torch.testing.assert_close(loss, want)
+
+
+def test_zero_init_residual_makes_every_block_the_identity_at_init():
+    model = _model("tiny-llama", zero_init_residual=True, norm_position="pre")
+    for block in model.blocks:
+        assert block.attn.out.weight.abs().sum() == 0 and block.ffn.fc2.weight.abs().sum() == 0
+    x = torch.randn(2, 7, 64)
+    rope = model.rope(torch.arange(7)[None], x.dtype)
+    torch.testing.assert_close(model.blocks[0](x, None, True, rope), x)
+    assert _model("tiny-llama").blocks[0].attn.out.weight.abs().sum() > 0  # off by default
+
+
+def test_hf_export_refuses_what_transformers_cannot_hold():
+    from lmforge.errors import CheckpointError
+    from lmforge.interop.hf import config_to_hf
+
+    for extra in (dict(qk_norm=True), dict(logit_softcap=30.0)):
+        with pytest.raises(CheckpointError, match=next(iter(extra))):
+            config_to_hf(presets.get("tiny-llama", **extra))
+    assert config_to_hf(presets.get("tiny-llama", zero_init_residual=True))["hidden_act"]
+    with pytest.raises(ConfigError, match="logit_softcap"):
+        presets.get("tiny-llama", logit_softcap=-1.0)
