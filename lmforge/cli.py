@@ -286,6 +286,23 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    """Rerun one of the lecture's claims: lmforge experiment NAME [scale=S] [seeds=N].
+
+    NAME: pretrain-helps, electra-vs-mlm, lora-vs-full, scaling, encoder-vs-decoder,
+    dynamic-masking (configs/experiments/NAME.yaml). Its runs land in
+    runs/experiments/NAME/ (out=DIR elsewhere), then report.md (tables in the lecture's
+    form, mean +- spread over seeds) and PNG plots. A second call redoes no finished run
+    and continues a killed one. scale=test is a seconds-long check of the pipeline.
+    """
+    from .experiments import load_spec, run_experiment
+
+    spec = load_spec(args.name, args.overrides)
+    run_experiment(spec)  # writes OUT/report.md
+    print((spec.out / "report.md").read_text(encoding="utf-8"), end="")
+    return 0
+
+
 def cmd_eval(args) -> int:
     """Evaluate a trained model: perplexity on a text file (or the run's val split);
     for a fine-tuned run, its task's metrics on --split (see --task)."""
@@ -540,6 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("run_dirs", nargs="+", type=Path, help="fine-tuned run directories")
     q.add_argument("--split", default="test", choices=["val", "test"])
     q.add_argument("--out", type=Path, default=None, help="also write the table here")
+
+    q = add("experiment", cmd_experiment)
+    q.add_argument("name", help="an experiment (configs/experiments/NAME.yaml)")
+    q.add_argument("overrides", nargs="*",
+                   help="scale=NAME (default, test), seeds=N, pretrain_seeds=N, tasks=[...], "
+                        "out=DIR")
 
     q = add("convert", cmd_convert)
     q.add_argument("--from-hf", type=Path, help="a transformers checkpoint folder")

@@ -159,7 +159,7 @@ def prepare(cfg: RunConfig, resume: bool, latest: Path | None, main: bool = True
     from .data.shards import fingerprint
     from .data.shards import read_meta as read_shard_meta
     from .objectives import build as build_objective
-    from .tokenizer import Tokenizer, sentinel_tokens
+    from .tokenizer import Tokenizer
 
     run_dir, train = Path(cfg.run_dir), cfg.train
     tok_file = run_dir / "tokenizer.json"
@@ -190,16 +190,7 @@ def prepare(cfg: RunConfig, resume: bool, latest: Path | None, main: bool = True
     docs = None
     if tokenizer is None:
         docs = read_docs(cfg)
-        texts = take_chars(docs, cfg.tokenizer.train_chars)
-        say(f"training a {cfg.tokenizer.vocab_size}-token BPE tokenizer on "
-             f"{sum(map(len, texts)):,} characters")
-        # T5's sentinels come last, <extra_id_0> the very last id (as in T5's vocab)
-        sentinels = sentinel_tokens(cfg.tokenizer.sentinels)[::-1]
-        tokenizer = Tokenizer.train(
-            texts, vocab_size=cfg.tokenizer.vocab_size,
-            special_tokens=[*cfg.tokenizer.special_tokens, *sentinels],
-            pattern=cfg.tokenizer.pattern, progress=train.progress,
-        )
+        tokenizer = train_tokenizer(cfg, docs, say)
     model_cfg = resolve_model_config(cfg.model, tokenizer.vocab_size, tokenizer)
     # the objective checks what it needs (special tokens, lengths) before anything
     # is written
@@ -239,6 +230,23 @@ def prepare(cfg: RunConfig, resume: bool, latest: Path | None, main: bool = True
     if main:
         dump_yaml(resolved, run_dir / "config.yaml")
     return tokenizer, model_cfg, objective, shards, tok_hash
+
+
+def train_tokenizer(cfg: RunConfig, docs: list[str], say=_say):
+    """The BPE tokenizer `cfg.tokenizer` describes, trained on the first
+    `tokenizer.train_chars` characters of `docs`."""
+    from .tokenizer import Tokenizer, sentinel_tokens
+
+    texts = take_chars(docs, cfg.tokenizer.train_chars)
+    say(f"training a {cfg.tokenizer.vocab_size}-token BPE tokenizer on "
+        f"{sum(map(len, texts)):,} characters")
+    # T5's sentinels come last, <extra_id_0> the very last id (as in T5's vocab)
+    sentinels = sentinel_tokens(cfg.tokenizer.sentinels)[::-1]
+    return Tokenizer.train(
+        texts, vocab_size=cfg.tokenizer.vocab_size,
+        special_tokens=[*cfg.tokenizer.special_tokens, *sentinels],
+        pattern=cfg.tokenizer.pattern, progress=cfg.train.progress,
+    )
 
 
 def check_resumable(ckpt: Path, model_cfg: dict, tokenizer_hash: str) -> None:

@@ -11,7 +11,8 @@ from lmforge.pretrain import pretrain
 from lmforge.training.config import RunConfig
 
 CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")
-                 if p.parent.name != "finetune")  # FinetuneConfig recipes: tests/test_finetune.py
+                 # FinetuneConfig recipes: tests/test_finetune.py; experiments: tests/experiments
+                 if p.parent.name not in ("finetune", "experiments"))
 TINY = [p for p in CONFIGS if p.parent.name == "tiny"]
 
 
