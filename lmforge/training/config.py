@@ -48,7 +48,8 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     grad_clip: float | None = 1.0  # max global grad norm; null = no clipping
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype (fp16: grad scaler)
+    # autocast dtype (fp16: grad scaler); auto = bf16 where the device is fast at it
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     compile: bool = False  # torch.compile the model
     compile_backend: str = "inductor"  # torch.compile backend (aot_eager, eager: no codegen)
     activation_checkpointing: bool = False  # recompute block activations in backward

@@ -214,3 +214,19 @@ def test_compiled_training_checkpoint_loads_into_an_uncompiled_model(tmp_path, b
     load_weights(summary["checkpoint"], plain)
     for (n, a), (_, b) in zip(trainer.model.state_dict().items(), plain.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+def test_precision_auto_is_bf16_only_where_the_device_is_fast_at_it(monkeypatch):
+    from lmforge.training import trainer as trainer_module
+
+    cpu = torch.device("cpu")
+    for native, want in ((True, "bf16"), (False, "fp32"), (None, "fp32")):
+        monkeypatch.setattr(trainer_module, "_cpu_has_bf16", lambda native=native: native)
+        assert trainer_module.resolve_precision("auto", cpu) == want
+    for explicit in ("fp32", "bf16", "fp16"):
+        assert trainer_module.resolve_precision(explicit, cpu) == explicit
+    monkeypatch.setattr(trainer_module, "_cpu_has_bf16", lambda: True)
+    model = build(presets.get("tiny-gpt2"))
+    trainer = Trainer(model, CausalLM(), TrainConfig(precision="auto", device="cpu",
+                                                      progress=False, tensorboard=False))
+    assert trainer.precision == "bf16" and trainer.dtype == torch.bfloat16
