@@ -31,6 +31,8 @@ def world(tmp_path_factory):
     tok = Tokenizer.train([TEXT], vocab_size=300, special_tokens=["<|endoftext|>"],
                           progress=False)
     tok.save(w / "tok.json")
+    Tokenizer.train([TEXT], vocab_size=300, special_tokens=["<|endoftext|>", "[PAD]", "[SEP]",
+                    "[MASK]"], progress=False).save(w / "no_cls.json")  # an encoder's, no [CLS]
     config = presets.get("tiny-gpt2")
     import dataclasses
 
@@ -164,6 +166,8 @@ CASES = [
                              "280", "--special", "", "--out", "{w}/out.json"], "special"),
     ("tokenizer without [CLS] / [SEP]", ["finetune", "rotten-tomatoes-bert-scratch",
                                         "tokenizer={w}/tok.json"], "needs [CLS] and [SEP]"),
+    ("COCO-LM without [CLS]", ["pretrain", "tiny/coco", "run_dir={w}/coco_run",
+                               "tokenizer.path={w}/no_cls.json"], "objective 'coco' needs [CLS]"),
     # -- generation
     ("negative temperature", ["generate", "{w}/run", "--prompt", "x", "--temperature", "-1"],
      "--temperature"),
