@@ -5,7 +5,8 @@ What the recipe and the trainer call is in base.py (`Objective`): from_config,
 build_model, window_len, prepare(raw, draw), num_targets, loss, evaluate, export.
 
 Objectives: `clm` (causal LM, GPT / Llama), `mlm` (masked LM + NSP / SOP: BERT,
-RoBERTa, ALBERT) and `electra` (replaced-token detection) for encoders, `bart`
+RoBERTa, ALBERT), `electra` (replaced-token detection) and `coco` (COCO-LM: corrective
+LM + sequence contrastive learning) for encoders, `bart`
 (denoising) and `t5` (span corruption) for encoder-decoders.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .base import Objective
 from .clm import IGNORE, CausalLM, clm_loss, linear_cross_entropy
+from .coco import Coco
 from .denoising import BartDenoising, T5SpanCorruption
 from .electra import Electra
 from .mlm import MaskedLM
@@ -23,6 +25,7 @@ OBJECTIVES["bart"] = BartDenoising  # BART denoising (encoder-decoders)
 OBJECTIVES["t5"] = T5SpanCorruption  # T5 span corruption (encoder-decoders)
 OBJECTIVES["mlm"] = MaskedLM  # masked LM (+ NSP / SOP): BERT, RoBERTa, ALBERT
 OBJECTIVES["electra"] = Electra  # replaced-token detection (ELECTRA)
+OBJECTIVES["coco"] = Coco  # corrective LM + sequence contrast (COCO-LM)
 
 
 def build(cfg, *, tokenizer=None, model_config=None, seed: int = 0) -> Objective:
@@ -46,5 +49,5 @@ def _unknown(name):
     )
 
 
-__all__ = ["IGNORE", "BartDenoising", "CausalLM", "Electra", "MaskedLM", "OBJECTIVES",
+__all__ = ["IGNORE", "BartDenoising", "CausalLM", "Coco", "Electra", "MaskedLM", "OBJECTIVES",
            "Objective", "T5SpanCorruption", "build", "clm_loss", "linear_cross_entropy"]
