@@ -206,6 +206,16 @@ CASES = [
     ("virtual tokens past the context", ["finetune", "rotten-tomatoes-minilm-prompt",
                                          "peft.num_virtual_tokens=600"],
      "600 virtual tokens leave no room in the model's context of 512 positions"),
+    # -- experiments (lmforge experiment NAME)
+    ("unknown experiment", ["experiment", "nope"],
+     "unknown experiment 'nope' (experiments: dynamic-masking, electra-vs-mlm, "
+     "encoder-vs-decoder, lora-vs-full, pretrain-helps, scaling)"),
+    ("unknown experiment scale", ["experiment", "scaling", "scale=huge"],
+     "scale=huge: experiment scaling has no such scale (scales: default, test)"),
+    ("experiment task the architecture cannot do", ["experiment", "pretrain-helps",
+                                                    "tasks=[debian-summaries]"],
+     "row 'encoder pretrained' (encoder), task debian-summaries: task type 'seq2seq' is text "
+     "generation, which an encoder cannot do"),
 ]
 
 

@@ -94,11 +94,16 @@ def pretrain_config(spec: Spec, p: PretrainRun, seed: int):
         data=dataclasses.replace(cfg.data, shards=str(shards)))
     budget = budget_flops(spec)
     if budget is not None:
-        fpt, _ = flops_and_params(cfg)
-        steps = max(1, round(budget * p.fraction / (fpt * tokens_per_step(cfg))))
+        steps = steps_for_budget(cfg, budget * p.fraction)
     else:
         steps = max(1, round(cfg.train.max_steps * p.steps))
     return dataclasses.replace(cfg, train=_with_steps(cfg.train, steps))
+
+
+def steps_for_budget(cfg, budget: float) -> int:
+    """Optimizer steps that spend `budget` train FLOPs: budget / (F x tokens per step)."""
+    fpt, _ = flops_and_params(cfg)
+    return max(1, round(budget / (fpt * tokens_per_step(cfg))))
 
 
 def _with_steps(train, steps: int):
