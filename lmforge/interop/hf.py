@@ -5,7 +5,8 @@
 
 Supported classes: GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM,
 Qwen2ForCausalLM, GemmaForCausalLM; BertModel, BertForPreTraining, BertForMaskedLM,
-RobertaForMaskedLM, ElectraForPreTraining, ElectraForMaskedLM, AlbertForPreTraining.
+RobertaForMaskedLM, ElectraForPreTraining, ElectraForMaskedLM, AlbertForPreTraining;
+XLNetLMHeadModel (its table and config mapping in hf_xlnet.py).
 Each family is two small pieces of data:
 
 - a config translation, `config.json` dict <-> `ModelConfig` (`config_from_hf`,
@@ -35,6 +36,7 @@ from ..atomic import atomic_dir
 from ..errors import CheckpointError, ConfigError
 from ..models import build
 from ..models.config import ModelConfig
+from . import hf_xlnet
 
 # ----------------------------------------------------------------------------------------
 # Weight tables. "{i}" is the layer index. Rows whose lmforge tensor does not exist in the
@@ -295,6 +297,7 @@ ARCHITECTURES = {
     "AlbertForPreTraining": ("albert", "albert", ALBERT_PRETRAINING_TABLE),
     "BartForConditionalGeneration": ("bart", "bart", BART_TABLE),
     "T5ForConditionalGeneration": ("t5", "t5", T5_TABLE),
+    hf_xlnet.ARCHITECTURE: ("xlnet", "xlnet", [_rule(o, t) for o, t in hf_xlnet.RENAMES]),
 }
 SEQ2SEQ_CLASSES = ("BartForConditionalGeneration", "T5ForConditionalGeneration")
 # Encoder class -> (encoder_head, has a pooler)
@@ -478,6 +481,8 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     c = {**HF_DEFAULTS.get(model_type, {}), **{k: v for k, v in hf.items() if v is not None}}
     c.setdefault("pad_token_id", None)
     try:
+        if model_type == "xlnet":  # its own defaults and refusals (hf_xlnet.py)
+            return hf_xlnet.config_from_hf(hf)
         if _architecture(hf) in SEQ2SEQ_CLASSES:
             return _seq2seq_config_from_hf(c, family)
         if _architecture(hf) in ENCODER_CLASSES:
@@ -734,6 +739,8 @@ def hf_architecture(config: ModelConfig) -> str:
     """The transformers class that can hold this config's model."""
     if config.arch == "encoder":
         return _encoder_architecture(config)
+    if config.arch == "xlnet":
+        return hf_xlnet.ARCHITECTURE
     if config.arch == "seq2seq":
         if config.relative_attention_num_buckets:
             return "T5ForConditionalGeneration"
@@ -766,6 +773,8 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         return _encoder_config_to_hf(config)
     if config.arch == "seq2seq":
         return _seq2seq_config_to_hf(config)
+    if config.arch == "xlnet":
+        return hf_xlnet.config_to_hf(config)
     arch = hf_architecture(config)
     family, model_type, _ = ARCHITECTURES[arch]
 
@@ -1052,7 +1061,7 @@ def load_hf(path: str | Path, dtype: torch.dtype | None = None) -> torch.nn.Modu
         for name in tensors
         if name not in used
         and not name.endswith(IGNORED_SUFFIXES)
-        and not (name == "lm_head.weight" and config.tie_embeddings)
+        and not (name in ("lm_head.weight", "lm_loss.weight") and config.tie_embeddings)
         and not (name in TIED_HF_NAMES and config.arch == "encoder")
         and not (name in SEQ2SEQ_TIED_NAMES and config.arch == "seq2seq")
     ]

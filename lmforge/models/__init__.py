@@ -15,17 +15,20 @@ from .decoder import CausalLMOutput, Decoder
 from .encoder import Encoder, EncoderOutput
 from .layers import KVCache
 from .seq2seq import Seq2Seq, Seq2SeqCache, Seq2SeqLMOutput, shift_right
+from .xlnet import XLNet, XLNetOutput
 
 
 def build(config: ModelConfig) -> nn.Module:
-    """The model for `config.arch`: "decoder", "encoder" or "seq2seq"."""
+    """The model for `config.arch`: "decoder", "encoder", "seq2seq" or "xlnet"."""
     if config.arch == "decoder":
         return Decoder(config)
     if config.arch == "encoder":
         return Encoder(config)
     if config.arch == "seq2seq":
         return Seq2Seq(config)
-    raise ConfigError(f"model.arch: {config.arch!r} (known: decoder, encoder, seq2seq)")
+    if config.arch == "xlnet":
+        return XLNet(config)
+    raise ConfigError(f"model.arch: {config.arch!r} (known: decoder, encoder, seq2seq, xlnet)")
 
 
 __all__ = [
@@ -38,6 +41,8 @@ __all__ = [
     "Seq2Seq",
     "Seq2SeqCache",
     "Seq2SeqLMOutput",
+    "XLNet",
+    "XLNetOutput",
     "build",
     "presets",
     "shift_right",

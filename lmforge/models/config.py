@@ -25,6 +25,10 @@ embed_norm, final_logits_bias, scale_decoder_outputs, decoder_start_token_id (an
 position_offset=2). scale_attention=False also picks T5's initialization (seq2seq.py),
 scaled by initializer_factor.
 
+XLNet (arch="xlnet", models/xlnet.py: two-stream relative attention, no position table)
+adds mem_len (Transformer-XL memory kept per layer) and bi_data (the batch's second half
+reads its relative positions backwards).
+
 `__post_init__` checks every field and raises `ConfigError` naming the field and what was
 expected, so a typo in a YAML recipe fails before any tensor is allocated.
 """
@@ -39,9 +43,9 @@ from ..errors import ConfigError
 
 FAMILIES = (
     "gpt1", "gpt2", "gpt3", "llama", "mistral", "qwen2", "gemma",
-    "bert", "roberta", "electra", "albert", "bart", "t5",
+    "bert", "roberta", "electra", "albert", "bart", "t5", "xlnet",
 )  # fmt: skip
-ARCHS = ("decoder", "encoder", "seq2seq")
+ARCHS = ("decoder", "encoder", "seq2seq", "xlnet")
 # Encoder heads (see encoder.py): none = base model (BertModel), mlm = masked LM,
 # mlm_nsp = MLM + next-sentence (BertForPreTraining), mlm_sop = MLM + sentence order
 # (AlbertForPreTraining), rtd = replaced-token detection (ELECTRA discriminator).
@@ -57,7 +61,7 @@ ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_
 @dataclass
 class ModelConfig:
     # --- what kind of model -------------------------------------------------------------
-    arch: Literal["decoder", "encoder", "seq2seq"] = "decoder"
+    arch: Literal["decoder", "encoder", "seq2seq", "xlnet"] = "decoder"
     family: str | None = None  # published family this shape follows; picks the HF class
     # --- sizes --------------------------------------------------------------------------
     vocab_size: int = 50257
@@ -119,6 +123,9 @@ class ModelConfig:
     final_logits_bias: bool = False  # BART: a (1, V) bias buffer added to the logits
     scale_decoder_outputs: bool = False  # T5: h * d_model^-0.5 before the tied LM head
     decoder_start_token_id: int | None = None  # first decoder input (shift_right)
+    # --- XLNet only (arch="xlnet", models/xlnet.py) -------------------------------------
+    mem_len: int | None = None  # hidden states kept as memory per layer; None = all
+    bi_data: bool = False  # second half of each batch: relative positions reversed
 
     def __post_init__(self) -> None:
         def choice(name: str, allowed: tuple[str, ...]) -> None:
@@ -233,6 +240,12 @@ class ModelConfig:
                     "model.initializer_factor: only applies to T5's init (scale_attention=false); "
                     "set init_std instead"
                 )
+        if self.arch != "xlnet" and (self.mem_len is not None or self.bi_data):
+            raise ConfigError("model.mem_len / model.bi_data: only apply to arch=xlnet")
+        if self.mem_len is not None:
+            positive("mem_len")
+        if self.arch == "xlnet" and self.positions != "none":
+            raise ConfigError("model.positions: XLNet uses relative positions (positions=none)")
         if self.arch == "encoder" and self.positions != "learned":
             raise ConfigError(
                 f"model.positions: encoders use learned positions, got {self.positions!r}"

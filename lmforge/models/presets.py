@@ -219,6 +219,18 @@ def t5_v1_1(**shape) -> ModelConfig:
     return t5(**{**base, "scale_decoder_outputs": False, **shape})
 
 
+def xlnet(**shape) -> ModelConfig:
+    # Yang et al. 2019: post-LN two-stream relative attention (models/xlnet.py), exact GELU,
+    # SentencePiece 32,000 tokens, tied head with a bias; no position table (512 is the
+    # pretraining length, not a limit).
+    base = dict(
+        arch="xlnet", family="xlnet", vocab_size=32000, max_seq_len=512, norm_eps=1e-12,
+        norm_position="post", activation="gelu", positions="none", pad_token_id=5,
+        bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    return ModelConfig(**{**base, **shape})
+
+
 _PRESETS: dict[str, Callable[[], ModelConfig]] = {
     # GPT-1 "117M" (Radford et al. 2018, Table / Sec. 4.1: 12 layers, 768 wide, 12 heads).
     "gpt1": lambda: gpt1(n_layer=12, d_model=768, n_head=12),
@@ -359,6 +371,9 @@ _PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "t5-v1.1-small": lambda: t5_v1_1(n_layer=8, d_model=512, n_head=6, d_ff=1024),
     "t5-v1.1-base": lambda: t5_v1_1(n_layer=12, d_model=768, n_head=12, d_ff=2048),
     "t5-v1.1-large": lambda: t5_v1_1(n_layer=24, d_model=1024, n_head=16, d_ff=2816),
+    # XLNet (xlnet/xlnet-base-cased, xlnet-large-cased config.json).
+    "xlnet-base-cased": lambda: xlnet(n_layer=12, d_model=768, n_head=12, d_ff=3072),
+    "xlnet-large-cased": lambda: xlnet(n_layer=24, d_model=1024, n_head=16, d_ff=4096),
     # Tiny shapes for tests and quick experiments: one per family, a few 100k parameters.
     "tiny-gpt1": lambda: gpt1(n_layer=2, d_model=64, n_head=4, vocab_size=256, max_seq_len=128),
     "tiny-gpt2": lambda: gpt2(n_layer=2, d_model=64, n_head=4, vocab_size=256, max_seq_len=128),
@@ -403,6 +418,8 @@ _PRESETS: dict[str, Callable[[], ModelConfig]] = {
         n_layer=2, d_model=64, n_head=4, head_dim=16, d_ff=128, vocab_size=256,
         relative_attention_num_buckets=8, relative_attention_max_distance=20,
     ),  # fmt: skip
+    "tiny-xlnet": lambda: xlnet(n_layer=2, d_model=64, n_head=4, d_ff=128, vocab_size=256,
+                                max_seq_len=128),
     "tiny-t5-v1.1": lambda: t5_v1_1(
         n_layer=2, d_model=64, n_head=4, head_dim=16, d_ff=128, vocab_size=256,
         relative_attention_num_buckets=8, relative_attention_max_distance=20,
@@ -467,6 +484,10 @@ PUBLISHED: dict[str, tuple[int, bool, str]] = {
     "t5-v1.1-small": (77_000_000, False, "HF hub google/t5-v1_1-small: 77M"),
     "t5-v1.1-base": (248_000_000, False, "HF hub google/t5-v1_1-base: 248M"),
     "t5-v1.1-large": (783_000_000, False, "HF hub google/t5-v1_1-large: 783M"),
+    # XLNet: the paper gives no counts; these are transformers' XLNetLMHeadModel at the
+    # released config.json shapes (tied head + its bias), 117M / 360M on the HF hub.
+    "xlnet-base-cased": (116_750_336, True, "transformers XLNetLMHeadModel, xlnet-base-cased"),
+    "xlnet-large-cased": (360_300_800, True, "transformers XLNetLMHeadModel, xlnet-large-cased"),
 }
 # Presets whose size no source states (checked by shape instead, in test_encoder_presets.py).
 UNPUBLISHED = ("electra-small-generator", "electra-base-generator", "electra-large-generator")
