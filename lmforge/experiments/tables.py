@@ -225,6 +225,7 @@ def plot_sample_efficiency(results: dict, tasks: list[str], path: Path) -> None:
 
 def plot_scaling(results: dict, path: Path) -> None:
     import numpy as np
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     fits = scaling_fits(results)
     groups = _group(results["pretrain"], "name")
@@ -242,7 +243,10 @@ def plot_scaling(results: dict, path: Path) -> None:
             ax.plot(grid, a * grid ** -alpha, "--", label=f"{a:.3g} x {what}^-{alpha:.3f}")
             ax.legend(fontsize=8)
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set_yscale("log")  # a power law is a straight line
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("final val loss")
     _save(fig, path)
@@ -274,6 +278,9 @@ def write_report(spec, results: dict) -> str:
              + (f" (bodies pretrained with {spec.pretrain_seeds})"
                 if spec.pretrain and spec.table != "pretrain" else ""))
     md += [f"Cells: mean ± sample standard deviation over {seeds}.", ""]
+    if results.get("budget"):
+        md += [f"Pretraining budget: {results['budget']:.3g} train FLOPs per run (x the "
+               "fraction in the row name), max_steps from lmforge's FLOPs accounting.", ""]
     plots = []
     if spec.table == "pretrain":
         md.append(pretrain_table(results))
@@ -295,7 +302,9 @@ def write_report(spec, results: dict) -> str:
     if lines:
         md += ["Differences (row A - row B):", "", *lines, ""]
     md += [f"![{p}]({p})" for p in plots]
-    md += ["", f"Runs: {out}; wall time of this call {results['wall_s']:.0f} s."]
+    spent = sum(r.get("wall_s") or 0 for r in results["pretrain"] + results["finetune"])
+    md += ["", f"Runs: {out}; time in runs {spent / 60:.1f} min (every call that ran "
+           f"them), this call {results['wall_s'] / 60:.1f} min."]
     text = "\n".join(md) + "\n"
     write_text(out / "report.md", text)
     write_text(out / "results.json", json.dumps({**results, "plots": plots}, indent=1) + "\n")
