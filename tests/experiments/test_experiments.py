@@ -149,3 +149,31 @@ def test_a_changed_config_is_run_again(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "L2-d64-s0: its config changed; training it again" in err
     assert err.count("not redone") == 3
+
+
+def test_a_run_killed_after_its_checkpoint_resumes_from_it(tmp_path, capsys):
+    """The states of a run dir on the next call: finished -> read back; a checkpoint but
+    no summary (killed after saving) -> resumed from the checkpoint, not retrained;
+    nothing saved yet -> started afresh."""
+    from lmforge.experiments.runner import pretrain_run
+
+    spec = load_spec("scaling", ["scale=test", f"out={tmp_path}"])
+    p = spec.pretrain[0]
+    first = pretrain_run(spec, p, 0)
+    run = tmp_path / "L2-d32-s0"
+    ckpt = {f: f.stat().st_mtime_ns for f in (run / "checkpoints").rglob("*") if f.is_file()}
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(lines[:-1]) + "\n")  # the summary line never written
+    capsys.readouterr()
+    again = pretrain_run(spec, p, 0)
+    err = capsys.readouterr().err
+    assert "pretraining L2-d32-s0: 3 steps (resume)" in err
+    assert {f: f.stat().st_mtime_ns for f in (run / "checkpoints").rglob("*")
+            if f.is_file()} == ckpt  # no step trained again, nothing re-saved
+    assert again["val_loss"] == first["val_loss"] and again["steps"] == 3
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")  # killed before its first checkpoint
+    pretrain_run(spec, p, 0)
+    assert "pretraining L2-d32-s0: 3 steps (fresh)" in capsys.readouterr().err
