@@ -47,7 +47,7 @@ def test_tiny_recipe_trains(path, tmp_path):
         "train.tensorboard=false", "sample.max_new_tokens=5",
     ])
     summary = pretrain(cfg)
-    if cfg.objective.name in ("mlm", "electra"):  # encoders: their own metrics, no sample
+    if cfg.objective.name in ("mlm", "electra", "coco"):  # encoders: own metrics, no sample
         check_encoder_run(cfg, summary, tmp_path / "run")
         return
     if cfg.objective.name in ("bart", "t5"):  # encoder-decoders: the sample is a target
@@ -73,7 +73,7 @@ def check_encoder_run(cfg, summary, run_dir):
     if cfg.objective.name == "mlm":  # well below a uniform guess over the vocabulary
         assert summary["val_loss"] < math.log(cfg.tokenizer.vocab_size) - 0.5
         assert 0 < summary["val_acc"] < 1
-    else:  # RTD: most tokens are originals, and the detector gets most tokens right
+    else:  # RTD / COCO-LM's copy head: most tokens are originals, and it gets most right
         assert 0.8 < summary["val_acc"] <= 1 and 0 <= summary["val_gen_acc"] < 1
     if cfg.objective.pair != "none":
         assert 0 <= summary[f"val_{cfg.objective.pair}_acc"] <= 1

@@ -323,10 +323,11 @@ class Trainer:
         if self.dist is not None:
             from .distributed import wrap
 
-            if self.strategy == "fsdp" and getattr(objective, "name", "") == "electra":
+            if self.strategy == "fsdp" and getattr(objective, "name", "") in ("electra", "coco"):
                 raise ConfigError(
-                    "distributed.strategy=fsdp: ELECTRA's generator and discriminator share "
-                    "their embeddings across two models, which FSDP cannot shard; use ddp")
+                    "distributed.strategy=fsdp: ELECTRA's (COCO-LM's) generator and "
+                    "discriminator share their embeddings across two models, which FSDP "
+                    "cannot shard; use ddp")
             # DDP wraps the objective's loss as one forward (ObjectiveLoss), so a loss that
             # calls the model's other methods (an encoder's encode + MLM head) still runs
             # inside DDP. A loss that may leave parameters without a gradient (a pooler, a
