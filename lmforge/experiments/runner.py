@@ -140,6 +140,27 @@ def flops_and_params(cfg) -> tuple[float, int]:
     return fpt, params
 
 
+def non_embedding_params(cfg) -> int:
+    """Parameters of the run's model outside its embedding tables (token, position,
+    type): Kaplan et al.'s N, which the scaling law is fitted against."""
+    import torch
+    from torch import nn
+
+    from ..models.config import resolve_model_config
+    from ..objectives import build as build_objective
+    from ..tokenizer import Tokenizer
+
+    tok = Tokenizer.load(cfg.tokenizer.path)
+    model_cfg = resolve_model_config(cfg.model, tok.vocab_size, tok)
+    objective = build_objective(cfg.objective, tokenizer=tok, model_config=model_cfg,
+                                seed=cfg.seed)
+    with torch.device("meta"):
+        model = objective.export(objective.build_model(model_cfg))
+    tables = {id(p) for m in model.modules() if isinstance(m, nn.Embedding)
+              for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in tables)
+
+
 def budget_flops(spec: Spec) -> float | None:
     """The experiment's train FLOPs per pretraining run: a number, or the FLOPs of the
     named pretraining run's recipe as it stands (its max_steps)."""
@@ -198,6 +219,7 @@ def pretrain_run(spec: Spec, p: PretrainRun, seed: int) -> dict:
                if r.get("event") == "summary"][-1]
     return {"run": name, "name": p.name, "base": p.base, "fraction": p.fraction,
             "seed": seed, "params": params, "flops_per_token": fpt,
+            "non_embedding_params": non_embedding_params(cfg),
             "steps": summary["step"], "tokens": summary["tokens"],
             "train_flops": summary["train_flops"], "run_dir": str(run_dir),
             "train_time_s": summary.get("train_time_s"),

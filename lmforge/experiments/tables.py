@@ -94,9 +94,11 @@ def finetune_table(results: dict, columns: list[str]) -> tuple[str, list[str]]:
 
 def pretrain_table(results: dict) -> str:
     """Model rows; Params, Train FLOPs, tokens, val loss (mean ± spread); the power law."""
-    lines = ["| Model | Params | Train FLOPs | Tokens | Val loss |", "|---|---:|---:|---:|---:|"]
+    lines = ["| Model | Params | Non-embedding params | Train FLOPs | Tokens | Val loss |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name, runs in _group(results["pretrain"], "name").items():
         lines.append(f"| {name} | {params(runs[0]['params'])} | "
+                     f"{params(runs[0]['non_embedding_params'])} | "
                      f"{statistics.fmean(r['train_flops'] for r in runs):.2g} | "
                      f"{runs[0]['tokens']:,} | {cell([r['val_loss'] for r in runs], 3)} |")
     fits = scaling_fits(results)
@@ -104,23 +106,28 @@ def pretrain_table(results: dict) -> str:
         lines.append("")
         for what, (a, alpha) in fits.items():
             lines.append(f"Fitted power law: val loss = {a:.3g} x {what}^-{alpha:.4f} "
-                         f"(exponent {alpha:.4f})")
+                         f"(exponent {alpha:.4f}; {what} = {FIT_AXES[what][1]})")
     return "\n".join(lines) + "\n"
 
 
+# the fits' x axes: symbol -> (results key, what it is)
+FIT_AXES = {"N": ("non_embedding_params", "non-embedding parameters, as Kaplan et al."),
+            "C": ("train_flops", "train FLOPs")}
+
+
 def scaling_fits(results: dict) -> dict[str, tuple[float, float]]:
-    """{"N": (a, alpha), "C": (b, beta)}: the mean val loss per model against parameters
-    and against train FLOPs (needs 2+ models with a finite val loss)."""
-    pts = []
+    """{"N": (a, alpha), "C": (b, beta)}: the mean val loss per model against
+    non-embedding parameters and against train FLOPs (2+ models with a finite loss)."""
+    pts: dict[str, list] = {k: [] for k in FIT_AXES}
     for runs in _group(results["pretrain"], "name").values():
         losses = [r.get("val_loss") for r in runs]
         if all(v is not None and math.isfinite(v) and v > 0 for v in losses):
-            pts.append((runs[0]["params"], statistics.fmean(r["train_flops"] for r in runs),
-                        statistics.fmean(losses)))
-    if len({p[0] for p in pts}) < 2:
+            for k, (key, _) in FIT_AXES.items():
+                pts[k].append((statistics.fmean(r[key] for r in runs),
+                               statistics.fmean(losses)))
+    if len({x for x, _ in pts["N"]}) < 2:
         return {}
-    return {"N": power_law([p[0] for p in pts], [p[2] for p in pts]),
-            "C": power_law([p[1] for p in pts], [p[2] for p in pts])}
+    return {k: power_law([x for x, _ in p], [y for _, y in p]) for k, p in pts.items()}
 
 
 def peft_table(results: dict) -> str:
@@ -230,8 +237,7 @@ def plot_scaling(results: dict, path: Path) -> None:
     fits = scaling_fits(results)
     groups = _group(results["pretrain"], "name")
     fig, axes = _figure(2)
-    for ax, (what, key, label) in zip(axes, [("N", "params", "parameters"),
-                                             ("C", "train_flops", "train FLOPs")]):
+    for ax, (what, (key, label)) in zip(axes, FIT_AXES.items()):
         xs = [statistics.fmean(r[key] for r in rs) for rs in groups.values()]
         ys = [mean_spread([r["val_loss"] for r in rs]) for rs in groups.values()]
         ax.errorbar(xs, [m for m, _ in ys], yerr=[s or 0 for _, s in ys], fmt="o", capsize=3)

@@ -92,6 +92,7 @@ def test_budget_sets_max_steps(tmp_path, tok_file):
     from lmforge.experiments.runner import (
         _with_steps,
         flops_and_params,
+        non_embedding_params,
         steps_for_budget,
         tokens_per_step,
     )
@@ -106,6 +107,7 @@ def test_budget_sets_max_steps(tmp_path, tok_file):
     hand = 6 * (872 + 16 + 300 * D) + 12 * D * 4
     assert fpt == hand == 20112
     assert params == 3288 + 4 * D  # + the position table
+    assert non_embedding_params(cfg) == 872 + 16  # the block and the final LN (Kaplan's N)
     assert tokens_per_step(cfg) == 3 * 4
     assert steps_for_budget(cfg, 7 * hand * 12) == 7  # seven steps' worth
     assert steps_for_budget(cfg, 7.4 * hand * 12) == 7  # the nearest whole step
