@@ -171,3 +171,33 @@ def encoder_flops_per_token(model: nn.Module, seq_len: int, mlm_fraction: float 
              + head * mlm_fraction + per_seq / seq_len)
     d_attn = cfg.n_head * (cfg.head_dim or cfg.d_model // cfg.n_head)
     return 6.0 * n_eff + 12.0 * cfg.n_layer * d_attn * seq_len
+
+
+def xlnet_flops_per_token(model: nn.Module, seq_len: int, n_predict: int) -> float:
+    """Training FLOPs per input token of an lmforge XLNet under permutation LM: T tokens,
+    P = n_predict of them predicted by the query stream, no memory (S = T keys, R = 2T
+    relative distances):
+
+        F = 6 (N_blocks + N_r + P/T (N_q + N_o + N_ffn + N_head))
+            + L (48 d_attn T + 12 d_attn P)
+
+    - the content stream applies every block weight once per token, and W_r to the R = 2T
+      distance sinusoids of the sequence (2 rows per token: N_r once more);
+    - the query stream applies W_q, W_o and the FFN, and the LM head, at the P targets only;
+    - attention, per stream and query, forward: content scores (q + u) k (2 d_attn S),
+      position scores (q + v) W_r R (2 d_attn R), the weighted sum of values (2 d_attn S):
+      8 d_attn T; the query stream runs at all T positions (its P queries are placed by the
+      target mapping, as transformers does), so both streams cost that, 16 d_attn T, times
+      3 for forward + backward; placing and gathering the P queries adds 2 x 2 P d_attn,
+      times 3.
+    """
+    cfg = model.config
+    T, P = seq_len, n_predict
+    d_attn = cfg.n_head * cfg.head_size
+    blocks = model.blocks
+    n_blocks = matmul_params(blocks)
+    n_r = sum(b.attn.r.numel() for b in blocks)
+    n_query = sum(b.attn.q.numel() + b.attn.o.numel() + matmul_params(b.ffn) for b in blocks)
+    n_head = model.lm_head.weight.numel()
+    n_eff = n_blocks + n_r + P / T * (n_query + n_head)
+    return 6.0 * n_eff + cfg.n_layer * (48.0 * d_attn * T + 12.0 * d_attn * P)

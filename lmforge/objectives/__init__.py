@@ -6,7 +6,7 @@ build_model, window_len, prepare(raw, draw), num_targets, loss, evaluate, export
 
 Objectives: `clm` (causal LM, GPT / Llama), `mlm` (masked LM + NSP / SOP: BERT,
 RoBERTa, ALBERT), `electra` (replaced-token detection) and `coco` (COCO-LM: corrective
-LM + sequence contrastive learning) for encoders, `bart`
+LM + sequence contrastive learning) for encoders, `xlnet` (permutation LM), `bart`
 (denoising) and `t5` (span corruption) for encoder-decoders.
 """
 
@@ -19,6 +19,7 @@ from .coco import Coco
 from .denoising import BartDenoising, T5SpanCorruption
 from .electra import Electra
 from .mlm import MaskedLM
+from .xlnet import PermutationLM
 
 OBJECTIVES = {"clm": CausalLM}
 OBJECTIVES["bart"] = BartDenoising  # BART denoising (encoder-decoders)
@@ -26,6 +27,7 @@ OBJECTIVES["t5"] = T5SpanCorruption  # T5 span corruption (encoder-decoders)
 OBJECTIVES["mlm"] = MaskedLM  # masked LM (+ NSP / SOP): BERT, RoBERTa, ALBERT
 OBJECTIVES["electra"] = Electra  # replaced-token detection (ELECTRA)
 OBJECTIVES["coco"] = Coco  # corrective LM + sequence contrast (COCO-LM)
+OBJECTIVES["xlnet"] = PermutationLM  # permutation LM, two-stream attention (XLNet)
 
 
 def build(cfg, *, tokenizer=None, model_config=None, seed: int = 0) -> Objective:
@@ -50,4 +52,5 @@ def _unknown(name):
 
 
 __all__ = ["IGNORE", "BartDenoising", "CausalLM", "Coco", "Electra", "MaskedLM", "OBJECTIVES",
-           "Objective", "T5SpanCorruption", "build", "clm_loss", "linear_cross_entropy"]
+           "Objective", "PermutationLM", "T5SpanCorruption", "build", "clm_loss",
+           "linear_cross_entropy"]

@@ -16,7 +16,7 @@ class ObjectiveConfig:
     key does.
     """
 
-    name: Literal["clm", "mlm", "electra", "coco", "bart", "t5"] = "clm"
+    name: Literal["clm", "mlm", "electra", "coco", "bart", "t5", "xlnet"] = "clm"
     # -- mlm / electra (encoders) --
     mask_prob: float = 0.15  # share of the tokens chosen as targets (mlm, electra)
     masking: Literal["static", "dynamic"] = "dynamic"  # static = BERT, dynamic = RoBERTa
@@ -33,6 +33,8 @@ class ObjectiveConfig:
     scl_weight: float = 1.0  # weight of the sequence contrastive loss
     temperature: float = 1.0  # InfoNCE temperature tau on cosine similarities
     crop_ratio: float = 0.9  # the positive view: a contiguous crop of this share of the text
+    # -- xlnet (permutation LM) --
+    partial_k: int = 6  # predict the last 1/K of each factorization order (paper: K = 6, 7)
     # -- bart / t5 (encoder-decoders) --
     bart_mask: Literal["infill", "token", "delete", "none"] = "infill"  # bart: which masking
     mask_ratio: float = 0.3  # bart: share of tokens masked (infill: covered by spans)
