@@ -1,4 +1,5 @@
-"""BART and T5 (v1.0 ReLU tied, v1.1 gated-GELU untied) <-> transformers: logits parity.
+"""BART and T5 (v1.0 ReLU tied, v1.1 gated-GELU untied) <-> transformers: logits parity,
+also with unequal stacks (BART: decoder heads, FFN width and depth; T5: depth only).
 
 Each transformers model is built offline from a tiny config with random weights, saved,
 loaded into lmforge (and back), and compared on padded batches, real positions only.
@@ -33,9 +34,10 @@ def bart(decoder_heads: int = 4, decoder_ffn: int = 128, decoder_layers: int = 2
     return model
 
 
-def t5(gated: bool):
+def t5(gated: bool, decoder_layers: int = 2):
     config = transformers.T5Config(
-        vocab_size=V, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
+        vocab_size=V, d_model=64, d_kv=16, d_ff=128, num_layers=2,
+        num_decoder_layers=decoder_layers,
         num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
         dropout_rate=0.0, feed_forward_proj="gated-gelu" if gated else "relu",
         tie_word_embeddings=not gated, decoder_start_token_id=0,
@@ -55,6 +57,7 @@ FAMILIES = {
     "bart-unequal": lambda: bart(decoder_heads=2, decoder_ffn=96, decoder_layers=3),
     "t5": lambda: t5(False),
     "t5-v1.1": lambda: t5(True),
+    "t5-deeper-decoder": lambda: t5(False, decoder_layers=3),  # T5's one unequal-stack case
 }
 
 
@@ -127,6 +130,9 @@ def test_generate_matches_transformers(family, tmp_path):
     ours = load_hf(tmp_path)
     inputs = batch(theirs.config.pad_token_id, seed=2)
     src, mask = inputs["input_ids"], inputs["attention_mask"]
+    # transformers 5 sizes T5's generation cache by num_layers (the encoder's): a deeper
+    # decoder fails there (IndexError in cache_utils), so it decodes without a cache
+    theirs_cache = dict(use_cache=False) if family == "t5-deeper-decoder" else {}
     # min_new_tokens: random weights would otherwise end on EOS at once
     for kw in (
         dict(num_beams=1),
@@ -138,6 +144,7 @@ def test_generate_matches_transformers(family, tmp_path):
         expected = theirs.generate(
             input_ids=src, attention_mask=mask, do_sample=False, forced_eos_token_id=None,
             forced_bos_token_id=None, early_stopping=False, **{"no_repeat_ngram_size": 0, **kw},
+            **theirs_cache,
         )  # fmt: skip
         got = generate(ours, src, mask, **kw)
         assert torch.equal(got, expected)  # both start with decoder_start_token_id
