@@ -132,6 +132,29 @@ def test_config_validation():
     assert len(build(base.replace(n_decoder_layer=3)).decoder_blocks) == 3
 
 
+def test_decoder_heads_and_ffn_width_of_their_own():
+    """n_decoder_head / d_decoder_ff shape the decoder only (BART allows it); the encoder
+    keeps n_head / d_ff."""
+    bart = presets.get("tiny-bart")  # d_model 64, 4 heads, FFN 256
+    model = build(bart.replace(n_decoder_head=2, d_decoder_ff=96))
+    enc, dec = model.encoder_blocks[0], model.decoder_blocks[0]
+    assert (enc.attn.n_head, enc.attn.head_dim, enc.ffn.fc1.out_features) == (4, 16, 256)
+    assert (dec.attn.n_head, dec.attn.head_dim, dec.ffn.fc1.out_features) == (2, 32, 96)
+    assert (dec.cross.n_head, dec.cross.head_dim) == (2, 32)
+    src, tgt = _ids(2, 9), _ids(2, 7, seed=1)
+    assert model(src, decoder_input_ids=tgt).logits.shape == (2, 7, 256)
+    with pytest.raises(ConfigError, match="n_decoder_head=3"):
+        bart.replace(n_decoder_head=3)  # 64 is no multiple of 3
+    with pytest.raises(ConfigError, match="model.d_decoder_ff"):
+        bart.replace(d_decoder_ff=0)
+    with pytest.raises(ConfigError, match="only applies to arch=seq2seq"):
+        ModelConfig(n_decoder_head=2)
+    t5 = build(presets.get("tiny-t5").replace(n_decoder_head=2))  # head_dim fixed: 16
+    assert t5.decoder_blocks[0].attn.n_head == 2 and t5.dec_rel_bias is not None
+    assert t5.dec_rel_bias.embed.weight.shape[1] == 2
+    assert t5.enc_rel_bias.embed.weight.shape[1] == 4
+
+
 def test_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for flag in (False, True):
