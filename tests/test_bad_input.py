@@ -33,6 +33,8 @@ def world(tmp_path_factory):
     tok.save(w / "tok.json")
     Tokenizer.train([TEXT], vocab_size=300, special_tokens=["<|endoftext|>", "[PAD]", "[SEP]",
                     "[MASK]"], progress=False).save(w / "no_cls.json")  # an encoder's, no [CLS]
+    Tokenizer.train([TEXT], vocab_size=300, special_tokens=["<|endoftext|>", "[PAD]", "[CLS]",
+                    "[SEP]", "[MASK]"], progress=False).save(w / "enc.json")  # an encoder's
     config = presets.get("tiny-gpt2")
     import dataclasses
 
@@ -168,6 +170,10 @@ CASES = [
                                         "tokenizer={w}/tok.json"], "needs [CLS] and [SEP]"),
     ("COCO-LM without [CLS]", ["pretrain", "tiny/coco", "run_dir={w}/coco_run",
                                "tokenizer.path={w}/no_cls.json"], "objective 'coco' needs [CLS]"),
+    ("XLNet sequence shorter than its prediction span",
+     ["pretrain", "tiny/xlnet", "run_dir={w}/xlnet_run", "tokenizer.path={w}/enc.json",
+      "train.seq_len=7"], "7 leaves 5 text tokens (after [SEP] [CLS]), shorter than the "
+     "prediction span"),
     # -- generation
     ("negative temperature", ["generate", "{w}/run", "--prompt", "x", "--temperature", "-1"],
      "--temperature"),

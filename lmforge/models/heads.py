@@ -253,6 +253,8 @@ class TaskModel(nn.Module):
             if self.pooling == "first" and out.virtual_hidden_state is not None:
                 return out.virtual_hidden_state, None  # prompt tuning: the first virtual token
             return out.last_hidden_state, out.pooler_output
+        if arch == "xlnet":  # the content stream; the LM head is not used
+            return self.backbone.encode(input_ids, attention_mask, token_type_ids)[0], None
         if arch == "decoder":  # logits of one position only: the LM head is not used
             out = self.backbone(input_ids, attention_mask, logits_to_keep=1)
             return out.last_hidden_state, None

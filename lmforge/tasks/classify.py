@@ -5,6 +5,9 @@ How a row becomes tokens depends on the body (the lecture's fine-tuning slides):
     encoder     [CLS] A [SEP]            pair: [CLS] A [SEP] B [SEP]
                 token types 0 ... 0            0 ...     0  1 ... 1   (BERT segments)
                 reads the pooled [CLS] vector (or h_[CLS] + dense/tanh without a pooler)
+    xlnet       A [SEP] [CLS]            pair: A [SEP] B [SEP] [CLS]
+                token types 0 ... 0 2          0 ... 0 1 ... 1 2      ([CLS] its own)
+                reads h at the last token, [CLS], + dense/tanh (XLNet's sequence summary)
     decoder     [BOS] A EOS              pair: [BOS] A EOS B EOS
                 reads h at the last non-pad token (the only one that saw the whole input)
     seq2seq     [BOS] A EOS              pair: [BOS] A EOS B EOS   (BART: <s> A </s></s>..)
@@ -49,7 +52,9 @@ class Classify(Mode):
         self.prefix, self.sep = boundary_ids(tok, arch, "mode 'classify'")
         self.eos_id = self.sep[0]
         self.pad_id = tok.pad_id if tok.pad_id is not None else (model_config.pad_token_id or 0)
-        self.use_types = arch == "encoder" and model_config.type_vocab_size >= 2
+        self.use_types = arch in ("encoder", "xlnet") and model_config.type_vocab_size >= 2
+        # XLNet reads the class at the end: A [SEP] [CLS] (the [CLS] in segment 2)
+        self.suffix = [tok.cls_id] if arch == "xlnet" and tok.cls_id is not None else []
         self.dropout = float(self.options.get("classifier_dropout", 0.1))
 
     # -- the model ----------------------------------------------------------------------
@@ -59,10 +64,12 @@ class Classify(Mode):
         d = cfg.d_model
         if cfg.arch == "encoder":
             pooling = "pooler" if cfg.pooler else "first"
+        elif cfg.arch == "xlnet":
+            pooling = "last"
         else:
             pooling = "last" if cfg.arch == "decoder" else "eos"
         head = ClassificationHead(d, self.num_labels, self.dropout,
-                                  dense=pooling in ("first", "eos"))
+                                  dense=pooling in ("first", "eos") or cfg.arch == "xlnet")
         nn.init.normal_(head.out.weight, 0.0, cfg.init_std)
         nn.init.zeros_(head.out.bias)
         if head.dense is not None:
@@ -97,7 +104,8 @@ class Classify(Mode):
         a = self.tokenizer.encode_ordinary(row["text"])
         pair = row.get("text_pair")
         b = self.tokenizer.encode_ordinary(pair) if pair is not None else None
-        n_special = len(self.prefix) + len(self.sep) * (2 if b is not None else 1)
+        n_special = (len(self.prefix) + len(self.sep) * (2 if b is not None else 1)
+                     + len(self.suffix))
         room = max(self.max_len - n_special, 2)
         if b is None:
             a = a[:room]
@@ -112,6 +120,8 @@ class Classify(Mode):
         if b is not None:
             ids += b + self.sep
             types += [1] * (len(b) + len(self.sep))
+        ids += self.suffix
+        types += [2] * len(self.suffix)
         return ids, types
 
     def prepare(self, rows: list[dict], draw=None) -> dict[str, Tensor]:

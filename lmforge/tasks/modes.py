@@ -92,7 +92,7 @@ def get_mode(name: str) -> type:
 
 def check_body(task_type: str, arch: str | None) -> None:
     """ConfigError for a generation task on an encoder (it has nothing to write with)."""
-    if arch == "encoder" and task_type in ("seq2seq", "chat"):
+    if arch in ("encoder", "xlnet") and task_type in ("seq2seq", "chat"):
         raise ConfigError(f"task type {task_type!r} is text generation, which an encoder "
                           "cannot do (it has no decoder to write with): fine-tune a decoder "
                           "or an encoder-decoder")
@@ -111,6 +111,7 @@ def boundary_ids(tokenizer, arch: str, who: str) -> tuple[list[int], list[int]]:
     """(prefix, separator) ids around a head mode's text segments:
 
         encoder            [CLS] ... [SEP]   (RoBERTa's <s> ... </s> where there is no [CLS])
+        xlnet              ... [SEP]         (classification adds XLNet's [CLS] at the end)
         decoder, seq2seq   [BOS] ... EOS     ([BOS] only where it is not EOS itself)
 
     ConfigError naming `who` (the mode) when the tokenizer lacks them."""
@@ -122,6 +123,11 @@ def boundary_ids(tokenizer, arch: str, who: str) -> tuple[list[int], list[int]]:
             raise ConfigError(f"{who} on an encoder needs [CLS] and [SEP] (or <s> and </s>) "
                               f"special tokens to mark segments; tokenizer {tok!r} has neither")
         return [start], [sep]
+    if arch == "xlnet":
+        if tok.sep_id is None:
+            raise ConfigError(f"{who} on XLNet needs a [SEP] special token to mark segments; "
+                              f"tokenizer {tok!r} has none")
+        return [], [tok.sep_id]
     if tok.eos_id is None:
         raise ConfigError(f"{who} on a {arch} needs an end-of-text token; tokenizer {tok!r} "
                           "has none")

@@ -4,6 +4,7 @@ Rows are {"question", "context", "answers": [str], "answer_starts": [char offset
 The input is the question and (a window of) the context as a pair:
 
     encoder   [CLS] question [SEP] context [SEP]     token types 0 ... 0 1 ... 1
+    xlnet     question [SEP] context [SEP]           (the same types; no [CLS] needed)
     decoder   [BOS] question EOS context EOS         seq2seq: the same (BART's recipe)
 
 Offsets without a tokenizer offset map: the context is cut into words and punctuation
@@ -71,7 +72,8 @@ class SpanQA(Mode):
         tok = tokenizer
         self.prefix, self.sep = boundary_ids(tok, model_config.arch, "mode 'qa'")
         self.pad_id = tok.pad_id if tok.pad_id is not None else (model_config.pad_token_id or 0)
-        self.use_types = model_config.arch == "encoder" and model_config.type_vocab_size >= 2
+        self.use_types = (model_config.arch in ("encoder", "xlnet")
+                          and model_config.type_vocab_size >= 2)
         self.max_answer_tokens = int(self.options.get("max_answer_tokens", 30))
         self.n_special = len(self.prefix) + 2 * len(self.sep)
         self.question_max = max(1, (self.max_len - self.n_special) // 2)  # a long one keeps half

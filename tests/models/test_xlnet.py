@@ -136,3 +136,68 @@ def test_padding_does_not_change_real_tokens():
         alone = model(ids).logits
         with_pads = model(padded, attention_mask=torch.tensor([[1] * 6 + [0] * 3])).logits
     assert (alone - with_pads[:, :6]).abs().max() < 1e-5
+
+
+def _body_state(hf_body_state, n_layer):
+    state = {}
+    for mine, name in RENAMES:
+        for i in range(n_layer) if "{i}" in mine else [None]:
+            if not mine.startswith("lm_"):
+                state[mine.format(i=i)] = hf_body_state[name.format(i=i)]
+    return state
+
+
+def test_classification_from_the_last_token_matches_transformers():
+    """XLNetForSequenceClassification: the last position's hidden state, Linear + tanh
+    (sequence_summary), Linear to the labels = our TaskModel pooling 'last' with a dense
+    ClassificationHead; left padding, segments 0 / 1 and [CLS]'s own segment 2."""
+    from lmforge.models.heads import ClassificationHead, TaskModel
+
+    torch.manual_seed(0)
+    hf = transformers.XLNetForSequenceClassification(transformers.XLNetConfig(
+        vocab_size=V, d_model=48, n_layer=2, n_head=3, d_inner=80, dropout=0.0,
+        summary_last_dropout=0.0, num_labels=3)).eval()
+    body = build(presets.get("tiny-xlnet", vocab_size=V, d_model=48, n_head=3, d_ff=80))
+    head = ClassificationHead(48, 3, dropout=0.0, dense=True)
+    model = TaskModel(body, head, "last").eval()
+    theirs = hf.state_dict()
+    state = {"backbone." + k: v for k, v in _body_state(theirs, 2).items()}
+    state.update({"head.dense.weight": theirs["sequence_summary.summary.weight"],
+                  "head.dense.bias": theirs["sequence_summary.summary.bias"],
+                  "head.out.weight": theirs["logits_proj.weight"],
+                  "head.out.bias": theirs["logits_proj.bias"]})
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    assert sorted(missing) == ["backbone.lm_bias", "backbone.lm_head.weight"]  # unused head
+    ids = torch.randint(6, V, (3, 8))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding, as XLNet's tokenizer pads
+    types = torch.tensor([[0] * 4 + [1] * 3 + [2]] * 3)
+    with torch.no_grad():
+        a = hf(ids, attention_mask=mask, token_type_ids=types).logits
+        b = model(ids, mask, types)
+    assert (a - b).abs().max() < 1e-5
+
+
+def test_span_qa_matches_transformers():
+    """XLNetForQuestionAnsweringSimple: a Linear(d, 2) on every position = SpanHead."""
+    from lmforge.models.heads import SpanHead, TaskModel
+
+    torch.manual_seed(0)
+    hf = transformers.XLNetForQuestionAnsweringSimple(transformers.XLNetConfig(
+        vocab_size=V, d_model=40, n_layer=2, n_head=5, d_inner=80, dropout=0.0)).eval()
+    model = TaskModel(build(presets.get("tiny-xlnet", vocab_size=V, d_model=40, n_head=5,
+                                        d_ff=80)), SpanHead(40), "tokens").eval()
+    theirs = hf.state_dict()
+    state = {"backbone." + k: v for k, v in _body_state(theirs, 2).items()}
+    state.update({"head.out.weight": theirs["qa_outputs.weight"],
+                  "head.out.bias": theirs["qa_outputs.bias"]})
+    model.load_state_dict(state, strict=False)
+    ids = torch.randint(6, V, (2, 11))
+    mask = torch.ones_like(ids)
+    mask[0, 8:] = 0
+    types = torch.tensor([[0] * 4 + [1] * 7] * 2)
+    with torch.no_grad():
+        out = hf(ids, attention_mask=mask, token_type_ids=types)
+        start, end = model(ids, mask, types)
+    assert (out.start_logits - start).abs().max() < 1e-5
+    assert (out.end_logits - end).abs().max() < 1e-5
