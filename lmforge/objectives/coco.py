@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
+from ..models.layers import ACTIVATIONS, LayerNorm, init_normal_
 from .electra import Electra, ElectraPair
 from .masking import ELECTRA_MASKING, check_probability
 from .mlm import as_windows, check_encoder, special_token_ids
@@ -119,8 +120,6 @@ class CocoHeads(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        from ..models.layers import ACTIVATIONS, LayerNorm, init_normal_
-
         d = config.d_model
         self.copy = nn.Linear(d, 1)
         self.scl_dense = nn.Linear(d, d)

@@ -243,9 +243,10 @@ def test_every_loss_term_falls_on_a_fixed_batch(setup):
     2-layer, 64-wide model start almost equal (cosine 0.9999 between windows), and the
     contrastive term stays at its uniform value ln 15 for 100 steps while the 50x copy term
     dominates the shared gradients (SCL alone at tau 1 does learn: 2.71 -> 1.79 in 100
-    steps). So the test sharpens it: temperature 0.1, weight 10. Measured over seeds 0-3
-    and ATEN_CPU_CAPABILITY=default / avx2 / avx512: aux MLM 5.7 -> 2.4-2.6, copy 0.64-0.72
-    -> 0.10-0.12, LM 1.24-1.33 -> 0.38-0.39, SCL 2.71 -> 0.11-0.89."""
+    steps). So the test sharpens it: temperature 0.1, weight 10. Measured for model seeds
+    0-3 under ATEN_CPU_CAPABILITY=default, avx2 and avx512: aux MLM 5.7 -> 2.3-2.6, copy
+    0.64-0.72 -> 0.09-0.12, LM 1.24-1.33 -> 0.34-0.40, SCL 2.71 -> 0.11-0.89 (the test's
+    seed 0: 0.72-0.75). SCL sits at ln 15 until some step between 20 and 50, then falls."""
     tok, mc, _, raw = setup
     obj = build(ObjectiveConfig(name="coco", temperature=0.1, scl_weight=10.0), tokenizer=tok,
                 model_config=mc)
