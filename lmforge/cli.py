@@ -186,6 +186,9 @@ def cmd_generate(args) -> int:
                                f"{run.config.task}), not a language model: use lmforge eval")
     else:
         run = load_run(args.run_dir, step=args.step)
+    if run.model.config.arch in ("encoder", "xlnet"):
+        raise LmforgeError(f"{args.run_dir} is an encoder ({run.model.config.family or 'encoder'}"
+                           "): it scores text but does not generate it; use lmforge eval")
     tok = run.tokenizer
     seq2seq = run.model.config.arch == "seq2seq"
     if seq2seq:  # encoder-decoder: the prompt is the source (<mask>, <extra_id_0> allowed)

@@ -35,6 +35,8 @@ def world(tmp_path_factory):
                     "[MASK]"], progress=False).save(w / "no_cls.json")  # an encoder's, no [CLS]
     Tokenizer.train([TEXT], vocab_size=300, special_tokens=["<|endoftext|>", "[PAD]", "[CLS]",
                     "[SEP]", "[MASK]"], progress=False).save(w / "enc.json")  # an encoder's
+    write_run(build(presets.get("tiny-xlnet", vocab_size=300)), Tokenizer.load(w / "enc.json"),
+              w / "run_xlnet")
     config = presets.get("tiny-gpt2")
     import dataclasses
 
@@ -182,6 +184,8 @@ CASES = [
     ("no new tokens", ["generate", "{w}/run", "--prompt", "x", "--max-new-tokens", "0"],
      "--max-new-tokens"),
     ("empty prompt", ["generate", "{w}/run", "--prompt", ""], "prompt is empty"),
+    ("generate with an encoder", ["generate", "{w}/run_xlnet", "--prompt", "To be"],
+     "is an encoder (xlnet): it scores text but does not generate it"),
     ("prompt longer than the context", ["generate", "{w}/run", "--prompt", "word " * 100],
      "longer than the model's context of 32 tokens"),
     # -- eval
