@@ -11,8 +11,14 @@ computes exactly what ours does, so that the logits agree:
     classify, pooler (BERT, ALBERT)   ...ForSequenceClassification      classifier
     classify, h_first + dense/tanh    RobertaForSequenceClassification  classifier.dense/out_proj
     classify, h_eos + dense/tanh      BartForSequenceClassification     classification_head.*
+    classify, h_last + dense/tanh     XLNetForSequenceClassification    sequence_summary.summary,
+                                                                        logits_proj
     tag (encoders, decoders)          ...ForTokenClassification         classifier (Llama: score)
     span QA (all three)               ...ForQuestionAnswering           qa_outputs
+                                      (XLNet: ...ForQuestionAnsweringSimple)
+
+XLNetForSequenceClassification reads the last *position*: feed it left-padded batches (as
+XLNet's tokenizer pads), where that is the last token ours reads.
 
 Refused, with the reason: a decoder's classifier (transformers' `score` has no bias, ours
 has one), ELECTRA's classifier (transformers uses gelu where ours uses tanh), BERT
@@ -48,6 +54,7 @@ BODIES = {
     "qwen2": ("Qwen2", "model.", hf.LLAMA_TABLE, None),
     "gemma": ("Gemma", "model.", hf.LLAMA_TABLE, None),
     "bart": ("Bart", "model.", hf.BART_TABLE, None),
+    "xlnet": ("XLNet", "transformer.", hf.ARCHITECTURES["XLNetLMHeadModel"][2], None),
 }
 KINDS = {ClassificationHead: "SequenceClassification", TokenClassificationHead:
          "TokenClassification", SpanHead: "QuestionAnswering"}  # fmt: skip
@@ -68,6 +75,8 @@ def task_architecture(model: TaskModel) -> str:
         raise CheckpointError(f"no transformers class for a {type(head).__name__} on a "
                               f"{family} body")
     cls = f"{BODIES[family][0]}For{kind}"
+    if cls == "XLNetForQuestionAnswering":  # that one predicts top-k spans with extra heads
+        cls += "Simple"
 
     def refuse(why: str) -> CheckpointError:
         return CheckpointError(f"cannot export as {cls}: {why}")
@@ -78,7 +87,8 @@ def task_architecture(model: TaskModel) -> str:
         if family == "electra":
             raise refuse("its head uses gelu where this one uses tanh")
         wanted = {"bert": ("pooler", False), "albert": ("pooler", False),
-                  "roberta": ("first", True), "bart": ("eos", True)}[family]  # fmt: skip
+                  "roberta": ("first", True), "bart": ("eos", True),
+                  "xlnet": ("last", True)}[family]  # fmt: skip
         if (model.pooling, head.dense is not None) != wanted:
             raise refuse(f"it pools with {wanted[0]}{' + dense/tanh' if wanted[1] else ''}, "
                          f"this head with {model.pooling}")
@@ -93,10 +103,14 @@ def _head_names(cls: str, head: nn.Module) -> dict[str, str]:
         return {"out.weight": "qa_outputs.weight", "out.bias": "qa_outputs.bias"}
     if isinstance(head, TokenClassificationHead):
         name = "classifier" if cls.split("For")[0] in ("Bert", "Roberta", "Electra", "Albert",
-                                                        "GPT2") else "score"
+                                                        "GPT2", "XLNet") else "score"
         return {"out.weight": f"{name}.weight", "out.bias": f"{name}.bias"}
     if head.dense is None:  # BERT, ALBERT: a linear layer on the pooler output
         return {"out.weight": "classifier.weight", "out.bias": "classifier.bias"}
+    if cls.startswith("XLNet"):  # sequence_summary (dense + tanh), then logits_proj
+        return {"dense.weight": "sequence_summary.summary.weight",
+                "dense.bias": "sequence_summary.summary.bias",
+                "out.weight": "logits_proj.weight", "out.bias": "logits_proj.bias"}
     name = "classification_head" if cls.startswith("Bart") else "classifier"
     return {"dense.weight": f"{name}.dense.weight", "dense.bias": f"{name}.dense.bias",
             "out.weight": f"{name}.out_proj.weight", "out.bias": f"{name}.out_proj.bias"}

@@ -96,3 +96,39 @@ def test_unsupported_settings_are_refused(tmp_path, key, value, message):
     with pytest.raises(CheckpointError, match=message) as e:
         load_hf(tmp_path)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kind", ["classify", "tag", "qa"])
+def test_fine_tuned_xlnet_exports_as_its_task_class(tmp_path, kind):
+    """A body + head (classification from the last token through dense + tanh, tagging,
+    span QA) written by save_hf_task loads in XLNetForSequenceClassification /
+    ...ForTokenClassification / ...ForQuestionAnsweringSimple with the same outputs."""
+    from lmforge.interop.hf_heads import save_hf_task
+    from lmforge.models.heads import (ClassificationHead, SpanHead, TaskModel,
+                                      TokenClassificationHead)
+
+    torch.manual_seed(0)
+    body = build(presets.get("tiny-xlnet", vocab_size=V, n_head=3, d_model=48))
+    head, pooling = {"classify": (ClassificationHead(48, 3, 0.0, dense=True), "last"),
+                     "tag": (TokenClassificationHead(48, 5, 0.0), "tokens"),
+                     "qa": (SpanHead(48), "tokens")}[kind]
+    for p in head.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.2)
+    model = TaskModel(body, head, pooling).eval()
+    cls = save_hf_task(model, tmp_path / "out")
+    assert cls == {"classify": "XLNetForSequenceClassification",
+                   "tag": "XLNetForTokenClassification",
+                   "qa": "XLNetForQuestionAnsweringSimple"}[kind]
+    hf = getattr(transformers, cls).from_pretrained(tmp_path / "out").eval()
+    _, _, ids = _inputs()
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding: transformers' XLNet summary reads the last position
+    types = torch.tensor([[0] * 6 + [1] * 4] * B)
+    with torch.no_grad():
+        ours = model(ids, mask, types)
+        theirs = hf(ids, attention_mask=mask, token_type_ids=types)
+    if kind == "qa":
+        assert (theirs.start_logits - ours[0]).abs().max() < 1e-5
+        assert (theirs.end_logits - ours[1]).abs().max() < 1e-5
+    else:
+        assert (theirs.logits - ours).abs().max() < 1e-5
