@@ -104,8 +104,12 @@ def test_fine_tuned_xlnet_exports_as_its_task_class(tmp_path, kind):
     span QA) written by save_hf_task loads in XLNetForSequenceClassification /
     ...ForTokenClassification / ...ForQuestionAnsweringSimple with the same outputs."""
     from lmforge.interop.hf_heads import save_hf_task
-    from lmforge.models.heads import (ClassificationHead, SpanHead, TaskModel,
-                                      TokenClassificationHead)
+    from lmforge.models.heads import (
+        ClassificationHead,
+        SpanHead,
+        TaskModel,
+        TokenClassificationHead,
+    )
 
     torch.manual_seed(0)
     body = build(presets.get("tiny-xlnet", vocab_size=V, n_head=3, d_model=48))
