@@ -201,3 +201,23 @@ def test_span_qa_matches_transformers():
         start, end = model(ids, mask, types)
     assert (out.start_logits - start).abs().max() < 1e-5
     assert (out.end_logits - end).abs().max() < 1e-5
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = build(presets.get("tiny-xlnet")).train()
+    ids, types, mask, perm, mapping = _inputs()
+    ids = ids % 256
+
+    def grads(checkpointing):
+        model.gradient_checkpointing = checkpointing
+        model.zero_grad()
+        out = model(ids, attention_mask=mask, token_type_ids=types, perm_mask=perm,
+                    target_mapping=mapping)
+        out.logits.logsumexp(-1).sum().backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain, recomputed = grads(False), grads(True)
+    assert len(plain) == len(recomputed) > 0
+    for a, b in zip(plain, recomputed):
+        assert torch.allclose(a, b, atol=1e-6)
