@@ -6,7 +6,8 @@
 Supported classes: GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM,
 Qwen2ForCausalLM, GemmaForCausalLM; BertModel, BertForPreTraining, BertForMaskedLM,
 RobertaForMaskedLM, ElectraForPreTraining, ElectraForMaskedLM, AlbertForPreTraining;
-XLNetLMHeadModel (its table and config mapping in hf_xlnet.py).
+XLNetLMHeadModel (its table and config mapping in hf_xlnet.py); DebertaV2Model,
+DebertaV2ForMaskedLM (hf_deberta.py).
 Each family is two small pieces of data:
 
 - a config translation, `config.json` dict <-> `ModelConfig` (`config_from_hf`,
@@ -36,7 +37,7 @@ from ..atomic import atomic_dir
 from ..errors import CheckpointError, ConfigError
 from ..models import build
 from ..models.config import ModelConfig
-from . import hf_xlnet
+from . import hf_deberta, hf_xlnet
 
 # ----------------------------------------------------------------------------------------
 # Weight tables. "{i}" is the layer index. Rows whose lmforge tensor does not exist in the
@@ -298,6 +299,9 @@ ARCHITECTURES = {
     "BartForConditionalGeneration": ("bart", "bart", BART_TABLE),
     "T5ForConditionalGeneration": ("t5", "t5", T5_TABLE),
     hf_xlnet.ARCHITECTURE: ("xlnet", "xlnet", [_rule(o, t) for o, t in hf_xlnet.RENAMES]),
+    **{arch: ("deberta", hf_deberta.MODEL_TYPE, [_rule(o, t) for o, t in
+                                                 hf_deberta.renames(arch)])
+       for arch in hf_deberta.CLASSES},
 }
 SEQ2SEQ_CLASSES = ("BartForConditionalGeneration", "T5ForConditionalGeneration")
 # Encoder class -> (encoder_head, has a pooler)
@@ -483,6 +487,8 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     try:
         if model_type == "xlnet":  # its own defaults and refusals (hf_xlnet.py)
             return hf_xlnet.config_from_hf(hf)
+        if model_type == hf_deberta.MODEL_TYPE:  # the same (hf_deberta.py)
+            return hf_deberta.config_from_hf(hf, _architecture(hf))
         if _architecture(hf) in SEQ2SEQ_CLASSES:
             return _seq2seq_config_from_hf(c, family)
         if _architecture(hf) in ENCODER_CLASSES:
@@ -737,6 +743,8 @@ def _encoder_config_to_hf(config: ModelConfig) -> dict[str, Any]:
 
 def hf_architecture(config: ModelConfig) -> str:
     """The transformers class that can hold this config's model."""
+    if config.attention == "disentangled":
+        return hf_deberta.architecture(config)
     if config.arch == "encoder":
         return _encoder_architecture(config)
     if config.arch == "xlnet":
@@ -769,6 +777,8 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
             raise CheckpointError(
                 f"a model with {name}={getattr(config, name)!r} has no transformers "
                 "equivalent among the exported families; keep it as an lmforge run")
+    if config.attention == "disentangled":
+        return hf_deberta.config_to_hf(config)
     if config.arch == "encoder":
         return _encoder_config_to_hf(config)
     if config.arch == "seq2seq":
@@ -1037,11 +1047,14 @@ def load_hf(path: str | Path, dtype: torch.dtype | None = None) -> torch.nn.Modu
             (k if k.startswith("lm_head.") else "transformer." + k): v for k, v in tensors.items()
         }
 
+    table = ARCHITECTURES[arch][2]
+    if arch in hf_deberta.CLASSES:  # which MLM head layout the file holds
+        table = [_rule(o, t) for o, t in hf_deberta.renames(arch, hf_deberta.legacy(hf, tensors))]
     with torch.device("meta"):  # no memory for weights that are about to be replaced
         model = build(config)
     expected = model.state_dict()
     state, used = {}, set()
-    for rule in _rules_for(set(expected), config, ARCHITECTURES[arch][2]):
+    for rule in _rules_for(set(expected), config, table):
         parts = []
         for name in rule.theirs:
             if name not in tensors:
@@ -1064,6 +1077,7 @@ def load_hf(path: str | Path, dtype: torch.dtype | None = None) -> torch.nn.Modu
         and not (name in ("lm_head.weight", "lm_loss.weight") and config.tie_embeddings)
         and not (name in TIED_HF_NAMES and config.arch == "encoder")
         and not (name in SEQ2SEQ_TIED_NAMES and config.arch == "seq2seq")
+        and not (arch in hf_deberta.CLASSES and hf_deberta.unused(name))
     ]
     if unexpected:
         raise CheckpointError(

@@ -15,7 +15,9 @@ apart is a handful of flags here (see `presets.py` for the published shapes):
 
 Encoders (arch="encoder": BERT, RoBERTa, ELECTRA, ALBERT) add a few flags of their own,
 tabled in encoder.py: encoder_head, type_vocab_size, pooler, position_offset,
-embedding_size, share_layers.
+embedding_size, share_layers; DeBERTa's disentangled attention adds attention,
+pos_att_type, position_buckets, max_relative_positions, share_att_key, norm_rel_embed and
+emd (models/disentangled.py).
 
 Encoder-decoders (arch="seq2seq": BART, T5) add theirs, tabled in seq2seq.py:
 n_decoder_layer / n_decoder_head / d_decoder_ff (the decoder's depth, heads and FFN
@@ -43,7 +45,7 @@ from ..errors import ConfigError
 
 FAMILIES = (
     "gpt1", "gpt2", "gpt3", "llama", "mistral", "qwen2", "gemma",
-    "bert", "roberta", "electra", "albert", "bart", "t5", "xlnet",
+    "bert", "roberta", "electra", "albert", "bart", "t5", "xlnet", "deberta",
 )  # fmt: skip
 ARCHS = ("decoder", "encoder", "seq2seq", "xlnet")
 # Encoder heads (see encoder.py): none = base model (BertModel), mlm = masked LM,
@@ -55,6 +57,8 @@ NORM_POSITIONS = ("pre", "post")
 FFNS = ("mlp", "gated")
 ACTIVATIONS = ("relu", "relu2", "gelu", "gelu_tanh", "silu")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
+ATTENTIONS = ("standard", "disentangled")  # disentangled: DeBERTa (models/disentangled.py)
+POS_ATT_TYPES = ("c2p", "p2c")  # DeBERTa's content-to-position, position-to-content terms
 ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_seq_len")
 
 
@@ -109,6 +113,15 @@ class ModelConfig:
     position_offset: int | None = None  # RoBERTa: positions start at pad_token_id + 1
     embedding_size: int | None = None  # ELECTRA / ALBERT factorized E, projected to d_model
     share_layers: bool = False  # ALBERT: one block's weights reused by all n_layer layers
+    # DeBERTa (attention="disentangled", models/disentangled.py; positions="none" = v2/v3's
+    # position_biased_input=false): relative-position attention terms and their table
+    attention: str = "standard"  # one of ATTENTIONS
+    pos_att_type: str = "c2p|p2c"  # which relative terms, "|"-separated ("" = none)
+    position_buckets: int = 0  # > 0: log buckets (v2/v3: 256); 0: exact clipped distances
+    max_relative_positions: int | None = None  # distances clip here; None = max_seq_len
+    share_att_key: bool = False  # positions projected by the content W_q / W_k (v2/v3)
+    norm_rel_embed: bool = False  # LayerNorm on the relative table (norm_rel_ebd)
+    emd: bool = False  # enhanced mask decoder: MLM reads the last layer re-run with H + P
     # --- encoder-decoders only (arch="seq2seq"; BART / T5, tabled in seq2seq.py) --------
     n_decoder_layer: int | None = None  # decoder depth; None = n_layer (encoder depth)
     n_decoder_head: int | None = None  # decoder attention heads; None = n_head (BART may differ)
@@ -199,6 +212,10 @@ class ModelConfig:
             ) + ((("position_offset", None),) if self.arch != "seq2seq" else ()):  # fmt: skip
                 if getattr(self, name) != default:
                     raise ConfigError(f"model.{name}: only applies to arch=encoder")
+        if (self.attention, self.pos_att_type, self.position_buckets,
+                self.max_relative_positions, self.share_att_key, self.norm_rel_embed,
+                self.emd) != ("standard", "c2p|p2c", 0, None, False, False, False):
+            self._check_disentangled()
         if self.arch != "seq2seq":
             for name, default in (
                 ("n_decoder_layer", None), ("n_decoder_head", None), ("d_decoder_ff", None),
@@ -246,7 +263,8 @@ class ModelConfig:
             positive("mem_len")
         if self.arch == "xlnet" and self.positions != "none":
             raise ConfigError("model.positions: XLNet uses relative positions (positions=none)")
-        if self.arch == "encoder" and self.positions != "learned":
+        if self.arch == "encoder" and self.positions != "learned" and not (
+                self.attention == "disentangled" and self.positions == "none"):
             raise ConfigError(
                 f"model.positions: encoders use learned positions, got {self.positions!r}"
             )
@@ -269,7 +287,46 @@ class ModelConfig:
             if self.positions != "rope":
                 raise ConfigError("model.rope_scaling: only applies to positions=rope")
 
+    def _check_disentangled(self) -> None:
+        """DeBERTa's fields: only on encoders with attention=disentangled."""
+        if self.attention not in ATTENTIONS:
+            raise ConfigError(f"model.attention: expected one of {', '.join(ATTENTIONS)}, "
+                              f"got {self.attention!r}")
+        if self.arch != "encoder" or self.attention != "disentangled":
+            raise ConfigError("model.attention: disentangled attention (and emd) only apply "
+                              "to arch=encoder with attention=disentangled")
+        if not isinstance(self.pos_att_type, str) or any(
+                t not in POS_ATT_TYPES for t in self.pos_att_terms):
+            raise ConfigError(f"model.pos_att_type: expected terms of {', '.join(POS_ATT_TYPES)}"
+                              f" joined by '|' (or ''), got {self.pos_att_type!r}")
+        b = self.position_buckets
+        if isinstance(b, bool) or not isinstance(b, int) or b < 0 or b == 1:
+            raise ConfigError(f"model.position_buckets: expected 0 (none) or an integer >= 2, "
+                              f"got {b!r}")
+        m = self.max_relative_positions
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 2):
+            raise ConfigError(f"model.max_relative_positions: expected an integer >= 2, got {m!r}")
+        if self.share_layers or self.position_offset is not None:
+            raise ConfigError("model.attention: disentangled attention with share_layers or "
+                              "position_offset is not supported")
+        if self.emd and self.embed_size != self.d_model:
+            raise ConfigError("model.emd: the enhanced mask decoder adds the position table to "
+                              "the hidden states; it needs embedding_size = d_model")
+        if self.emd and self.n_layer < 2:
+            raise ConfigError("model.emd: the enhanced mask decoder re-runs the last layer on "
+                              "the one before; it needs n_layer >= 2")
+
     # Derived sizes, so callers never repeat the defaulting rules above.
+    @property
+    def pos_att_terms(self) -> tuple[str, ...]:
+        """DeBERTa's relative terms as a tuple: "c2p|p2c" -> ("c2p", "p2c")."""
+        return tuple(t.strip() for t in self.pos_att_type.split("|") if t.strip())
+
+    @property
+    def rel_span(self) -> int:
+        """k: the relative table has 2k rows (buckets, or clipped distances)."""
+        return self.position_buckets or self.max_relative_positions or self.max_seq_len
+
     @property
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head

@@ -11,6 +11,13 @@ The families differ only in `ModelConfig` flags:
     roberta  pad_token_id + 1 -               no            MLM (no pooler)
     electra  -                E < d (small)   no            RTD (discriminator), MLM (generator)
     albert   -                E (factorized)  yes           MLM + SOP
+    deberta  -                (E, no bias)    no            MLM (+ EMD), or RTD (v3)
+
+DeBERTa (attention="disentangled", models/disentangled.py) changes three things: the
+blocks use disentangled attention over one shared relative table (`rel_embed`, optionally
+LayerNorm-ed), absolute positions are optional (positions="none": v2 / v3), and the
+embedding LayerNorm comes after the E-to-d projection (bias-free), with padding rows
+zeroed; `emd` makes the MLM head read the enhanced mask decoder (`mlm_hidden`).
 
 The calling convention and output names follow `transformers`:
 
@@ -32,6 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from .config import ModelConfig
+from .disentangled import DisentangledBlock, relative_index
 from .heads import MLMHead, Pooler, RTDHead, pair_head
 from .layers import (
     ACTIVATIONS,
@@ -68,16 +76,26 @@ class Encoder(nn.Module):
         self.config = config
         self.gradient_checkpointing = config.gradient_checkpointing
         E, d = config.embed_size, config.d_model
+        self.deberta = config.attention == "disentangled"
         self.tok_embed = nn.Embedding(config.vocab_size, E)
-        self.pos_embed = nn.Embedding(config.max_seq_len, E)
+        # DeBERTa v2 / v3 add no absolute positions to the input; the EMD still reads them
+        has_pos = config.positions == "learned" or config.emd
+        self.pos_embed = nn.Embedding(config.max_seq_len, E) if has_pos else None
         n_types = config.type_vocab_size
         self.type_embed = nn.Embedding(n_types, E) if n_types else None
-        self.embed_norm = LayerNorm(E, config.norm_eps)
+        # DeBERTa normalizes after the projection (over d), BERT-style models before it (E)
+        self.embed_norm = LayerNorm(d if self.deberta else E, config.norm_eps)
         # ELECTRA-small / ALBERT: embeddings of size E < d, projected up to the model width.
-        self.embed_proj = nn.Linear(E, d) if config.embedding_size is not None else None
+        self.embed_proj = (nn.Linear(E, d, bias=not self.deberta)
+                           if config.embed_size != d or (config.embedding_size is not None
+                                                         and not self.deberta) else None)
         self.drop = nn.Dropout(config.dropout)
         # ALBERT shares one block across all layers: n_blocks = 1, applied n_layer times.
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_blocks))
+        block = DisentangledBlock if self.deberta else Block
+        self.blocks = nn.ModuleList(block(config) for _ in range(config.n_blocks))
+        if self.deberta:  # the relative table P shared by every layer (2k rows)
+            self.rel_embed = nn.Embedding(2 * config.rel_span, d)
+            self.rel_norm = LayerNorm(d, config.norm_eps) if config.norm_rel_embed else None
         self.norm_out = make_norm(config) if config.has_final_norm else nn.Identity()
         self.pooler = Pooler(d) if config.pooler else None
 
@@ -117,7 +135,8 @@ class Encoder(nn.Module):
         the token, position and token-type embeddings."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            for emb in (self.tok_embed, self.pos_embed, self.type_embed):
+            for emb in (self.tok_embed, self.pos_embed, self.type_embed,
+                        getattr(self, "rel_embed", None)):
                 n -= emb.weight.numel() if emb is not None else 0
         return n
 
@@ -135,20 +154,34 @@ class Encoder(nn.Module):
         """input_ids (B, T); attention_mask (B, T), 1 = real token, 0 = padding;
         token_type_ids (B, T), the segment (0 = A, 1 = B), zeros when not given.
         `inputs_embeds` and `past_key_values`: see `encode`."""
+        if self.config.emd and self.mlm_head is not None:
+            x, mlm_x = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
+                                   inputs_embeds, past_key_values, emd=True)
+            return self.heads(x, mlm_x)
         x = self.encode(input_ids, attention_mask, token_type_ids, position_ids,
                         inputs_embeds, past_key_values)  # fmt: skip
         return self.heads(x)
 
-    def heads(self, x: Tensor) -> EncoderOutput:
-        """The pooler and the head(s) on final hidden states x (B, T, d)."""
+    def mlm_hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                   token_type_ids: Tensor | None = None) -> Tensor:
+        """The hidden states the MLM head reads (B, T, d): the final ones, or with `emd`
+        the enhanced mask decoder's (the last layer re-run with absolute positions)."""
+        if not self.config.emd:
+            return self.encode(input_ids, attention_mask, token_type_ids)
+        return self.encode(input_ids, attention_mask, token_type_ids, emd=True)[1]
+
+    def heads(self, x: Tensor, mlm_x: Tensor | None = None) -> EncoderOutput:
+        """The pooler and the head(s) on final hidden states x (B, T, d); the MLM head
+        reads mlm_x (the EMD's output) when given."""
         out = EncoderOutput(last_hidden_state=x)
         if self.pooler is not None:
             out.pooler_output = self.pooler(x)
         head = self.config.encoder_head
+        mlm_x = x if mlm_x is None else mlm_x
         if head == "mlm":
-            out.logits = self.mlm_head(x)
+            out.logits = self.mlm_head(mlm_x)
         elif head in ("mlm_nsp", "mlm_sop"):
-            out.prediction_logits = self.mlm_head(x)
+            out.prediction_logits = self.mlm_head(mlm_x)
             pair = self.pair_head(out.pooler_output)
             if head == "mlm_nsp":
                 out.seq_relationship_logits = pair
@@ -166,9 +199,11 @@ class Encoder(nn.Module):
         position_ids: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
         past_key_values: KVCache | None = None,
-    ) -> Tensor:
+        emd: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """The final hidden states (B, T, d), no head: for objectives that apply a head to
-        some positions only (masked LM scores the ~15% masked ones).
+        some positions only (masked LM scores the ~15% masked ones). With `emd` (DeBERTa):
+        (final hidden states, the enhanced mask decoder's output).
 
         `inputs_embeds` (B, T, E) replaces the token embeddings of `input_ids` (positions
         then count 0 .. T-1, or from pad_token_id + 1 in RoBERTa, as in transformers).
@@ -194,6 +229,11 @@ class Encoder(nn.Module):
             raise ValueError(
                 f"position {int(position_ids.max())} is beyond max_seq_len={config.max_seq_len}"
             )
+        if self.deberta:
+            if past_key_values is not None:
+                raise ValueError("disentangled attention takes no past_key_values")
+            return self._encode_disentangled(input_ids, attention_mask, token_type_ids,
+                                             position_ids, inputs_embeds, emd)
 
         x = self.tok_embed(input_ids) if inputs_embeds is None else inputs_embeds
         x = x + self.pos_embed(position_ids)  # (B, T, E)
@@ -215,3 +255,46 @@ class Encoder(nn.Module):
             else:
                 x = block(x, mask, False, None, cache)
         return self.norm_out(x)
+
+    def _encode_disentangled(self, input_ids, attention_mask, token_type_ids, position_ids,
+                             inputs_embeds, emd: bool):
+        """DeBERTa: embeddings (+ absolute positions only if positions="learned") ->
+        projection -> LayerNorm -> padding rows zeroed; blocks of disentangled attention
+        over the shared relative table; with `emd` also the enhanced mask decoder."""
+        config = self.config
+        x = self.tok_embed(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T = x.shape[:2]
+        if config.positions == "learned":
+            x = x + self.pos_embed(position_ids)
+        if self.type_embed is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros((B, T), dtype=torch.long, device=x.device)
+            x = x + self.type_embed(token_type_ids)
+        if self.embed_proj is not None:
+            x = self.embed_proj(x)  # (B, T, d)
+        x = self.embed_norm(x)
+        allowed = None
+        if attention_mask is not None:
+            real = attention_mask.bool()
+            x = x * real[..., None].to(x.dtype)  # padding rows are zero
+            allowed = (real[:, None, :, None] & real[:, None, None, :])  # (B, 1, T, T)
+        x = self.drop(x)
+        rel = self.rel_embed.weight  # (2k, d)
+        if self.rel_norm is not None:
+            rel = self.rel_norm(rel)
+        index = relative_index(T, config, x.device)  # (T, T)
+        for i, block in enumerate(self.blocks):
+            if emd and i == config.n_layer - 1:
+                before_last = x  # H^(L-1): the EMD's keys and values
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(block, x, allowed, rel, index, use_reentrant=False)
+            else:
+                x = block(x, allowed, rel, index)
+        if not emd:
+            return x
+        # Enhanced mask decoder: I = H^(L-1) + P_abs, then the last layer twice as a
+        # decoder with queries I and keys / values H^(L-1): I <- block_L(H^(L-1), query=I)
+        query = before_last + self.pos_embed(position_ids)
+        for _ in range(2):
+            query = self.blocks[-1](before_last, allowed, rel, index, query)
+        return x, query

@@ -163,6 +163,22 @@ def electra_generator(disc: ModelConfig, multiplier: float) -> ModelConfig:
     )
 
 
+def deberta_v3(**shape) -> ModelConfig:
+    # He et al. 2021 / 2023 (DeBERTa v3): post-LN encoder with disentangled attention
+    # (models/disentangled.py: c2p + p2c, 256 log buckets, W_q / W_k shared with the
+    # positions, LayerNorm-ed relative table), no absolute positions at the input and no
+    # token types, 128,100 SentencePiece tokens, exact GELU, LayerNorm eps 1e-7. The MLM
+    # head is DebertaV2ForMaskedLM's; pretraining adds the EMD (emd) or RTD + GDES.
+    base = dict(
+        arch="encoder", family="deberta", encoder_head="mlm", vocab_size=128100,
+        max_seq_len=512, norm="layernorm", norm_eps=1e-7, norm_position="post",
+        activation="gelu", positions="none", type_vocab_size=0, pooler=False,
+        attention="disentangled", pos_att_type="c2p|p2c", position_buckets=256,
+        share_att_key=True, norm_rel_embed=True, pad_token_id=0,
+    )  # fmt: skip
+    return ModelConfig(**{**base, **shape})
+
+
 def albert(**shape) -> ModelConfig:
     # Lan et al. 2020: factorized embeddings (E=128) projected to d, one block shared by all
     # layers, 30,000 SentencePiece tokens, tanh-GELU; pretrained with MLM + SOP.
@@ -371,6 +387,11 @@ _PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "t5-v1.1-small": lambda: t5_v1_1(n_layer=8, d_model=512, n_head=6, d_ff=1024),
     "t5-v1.1-base": lambda: t5_v1_1(n_layer=12, d_model=768, n_head=12, d_ff=2048),
     "t5-v1.1-large": lambda: t5_v1_1(n_layer=24, d_model=1024, n_head=16, d_ff=2816),
+    # DeBERTa v3 (microsoft/deberta-v3-* config.json).
+    "deberta-v3-xsmall": lambda: deberta_v3(n_layer=12, d_model=384, n_head=6, d_ff=1536),
+    "deberta-v3-small": lambda: deberta_v3(n_layer=6, d_model=768, n_head=12, d_ff=3072),
+    "deberta-v3-base": lambda: deberta_v3(n_layer=12, d_model=768, n_head=12, d_ff=3072),
+    "deberta-v3-large": lambda: deberta_v3(n_layer=24, d_model=1024, n_head=16, d_ff=4096),
     # XLNet (xlnet/xlnet-base-cased, xlnet-large-cased config.json).
     "xlnet-base-cased": lambda: xlnet(n_layer=12, d_model=768, n_head=12, d_ff=3072),
     "xlnet-large-cased": lambda: xlnet(n_layer=24, d_model=1024, n_head=16, d_ff=4096),
@@ -418,6 +439,8 @@ _PRESETS: dict[str, Callable[[], ModelConfig]] = {
         n_layer=2, d_model=64, n_head=4, head_dim=16, d_ff=128, vocab_size=256,
         relative_attention_num_buckets=8, relative_attention_max_distance=20,
     ),  # fmt: skip
+    "tiny-deberta": lambda: deberta_v3(n_layer=2, d_model=64, n_head=4, d_ff=128,
+                                       vocab_size=256, max_seq_len=128, position_buckets=32),
     "tiny-xlnet": lambda: xlnet(n_layer=2, d_model=64, n_head=4, d_ff=128, vocab_size=256,
                                 max_seq_len=128),
     "tiny-t5-v1.1": lambda: t5_v1_1(
@@ -484,6 +507,11 @@ PUBLISHED: dict[str, tuple[int, bool, str]] = {
     "t5-v1.1-small": (77_000_000, False, "HF hub google/t5-v1_1-small: 77M"),
     "t5-v1.1-base": (248_000_000, False, "HF hub google/t5-v1_1-base: 248M"),
     "t5-v1.1-large": (783_000_000, False, "HF hub google/t5-v1_1-large: 783M"),
+    # DeBERTa v3: the model cards (microsoft/deberta-v3-*) give backbone + embedding counts.
+    "deberta-v3-xsmall": (70_000_000, False, "model card: 22M backbone + 48M embedding"),
+    "deberta-v3-small": (142_000_000, False, "model card: 44M backbone + 98M embedding"),
+    "deberta-v3-base": (184_000_000, False, "model card: 86M backbone + 98M embedding"),
+    "deberta-v3-large": (435_000_000, False, "model card: 304M backbone + 131M embedding"),
     # XLNet: the paper gives no counts; these are transformers' XLNetLMHeadModel at the
     # released config.json shapes (tied head + its bias), 117M / 360M on the HF hub.
     "xlnet-base-cased": (116_750_336, True, "transformers XLNetLMHeadModel, xlnet-base-cased"),

@@ -27,6 +27,7 @@ class ObjectiveConfig:
     pair_weight: float = 1.0  # mlm: loss = MLM mean + pair_weight * NSP/SOP mean
     generator_size: float = 0.25  # electra: generator width / discriminator width
     rtd_weight: float = 50.0  # electra: loss = MLM(generator) + rtd_weight * RTD
+    embedding_sharing: Literal["shared", "gdes"] = "shared"  # electra: gdes = DeBERTa v3's
     # -- coco (COCO-LM; mask_prob / masking / whole_word as electra) --
     generator_layers: int | None = None  # auxiliary MLM depth, same width; None = n_layer // 3
     copy_weight: float = 50.0  # lambda_copy: loss = MLM(aux) + 50 L_copy + L_LM + scl L_SCL

@@ -17,6 +17,17 @@ torch.Generator seeded from the rows' masking generators, so a batch's corruptio
 fixed by (seed, draw, tokens): evaluation (draw=None) sees the same samples every time,
 and a resumed run redraws exactly.
 
+Gradient-disentangled embedding sharing (DeBERTa v3, `embedding_sharing: gdes`): the
+discriminator's token table is the generator's plus a delta behind a stop-gradient,
+
+    E_D = sg(E_G) + E_Delta,      E_Delta initialised at 0
+
+so the RTD loss trains E_Delta only and E_G learns from the generator's MLM alone (no
+tug-of-war between the two losses); at step 0 the two tables are equal, as with plain
+sharing. The other embeddings stay shared; a DeBERTa body's LayerNorm (over its own
+width, after the projection) is its own. The discriminator's saved tok_embed.weight is
+E_G + E_Delta (a plain encoder loads it); gdes.safetensors keeps E_Delta for exact resume.
+
 The trainer divides a SUM by N; here N = m, the input tokens (none is padding) and
 
     loss_sum = L_MLM * m + rtd_weight * sum_t BCE_t,   loss_sum / m = L_MLM + w * L_RTD
@@ -46,14 +57,44 @@ from .masking import ELECTRA_MASKING, sample_tokens
 from .mlm import MaskedLM, check_encoder, special_token_ids
 
 
-class ElectraPair(nn.Module):
-    """The generator and the discriminator trained together, sharing their embeddings.
+class GdesEmbedding(nn.Module):
+    """E_D = sg(E_G) + E_Delta: the generator's table, detached, plus a zero-initialised
+    delta. Its state dict holds the sum as `weight` (a plain nn.Embedding's), ignored on
+    load: E_Delta itself is restored from the pair's "gdes" part."""
 
-    `config` is the discriminator's (the run's model)."""
-
-    def __init__(self, generator: nn.Module, discriminator: nn.Module):
+    def __init__(self, source: nn.Embedding):
         super().__init__()
-        for name in ("tok_embed", "pos_embed", "type_embed", "embed_norm"):
+        self._source = [source]  # a list: the generator owns E_G, not this module
+        self.delta = nn.Parameter(torch.zeros_like(source.weight))
+
+    @property
+    def weight(self) -> Tensor:
+        return self._source[0].weight.detach() + self.delta
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.weight)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "weight"] = self.weight if keep_vars else self.weight.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        pass  # the sum is derived; E_Delta comes from the "gdes" checkpoint part
+
+
+class ElectraPair(nn.Module):
+    """The generator and the discriminator trained together, sharing their embeddings
+    (or, with `gdes`, the discriminator's token table as GdesEmbedding over the
+    generator's). `config` is the discriminator's (the run's model)."""
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, gdes: bool = False):
+        super().__init__()
+        names = ["tok_embed", "pos_embed", "type_embed", "embed_norm"]
+        if getattr(discriminator, "deberta", False):
+            names.remove("embed_norm")  # DeBERTa normalizes over the body's width
+        if gdes:  # E_D = sg(E_G) + E_Delta; the generator keeps its own table
+            names.remove("tok_embed")
+            discriminator.tok_embed = GdesEmbedding(generator.tok_embed)
+        for name in names:
             setattr(generator, name, getattr(discriminator, name))
         generator.tie_weights()  # its MLM decoder reads the shared token table
         self.generator = generator
@@ -88,6 +129,7 @@ class Electra(MaskedLM):
 
     generator_size: float = 0.25
     rtd_weight: float = 50.0
+    embedding_sharing: str = "shared"  # or "gdes" (DeBERTa v3)
     name = "electra"
     perplexity = False
 
@@ -103,6 +145,9 @@ class Electra(MaskedLM):
         if cfg.rtd_weight < 0:
             raise ConfigError(f"config key 'objective.rtd_weight': expected a number >= 0, "
                               f"got {cfg.rtd_weight!r}")
+        if cfg.embedding_sharing not in ("shared", "gdes"):
+            raise ConfigError(f"config key 'objective.embedding_sharing': expected shared or "
+                              f"gdes, got {cfg.embedding_sharing!r}")
         if model_config is not None:
             generator_config(model_config, cfg.generator_size)  # fails now, not mid-run
         return cls(
@@ -115,6 +160,7 @@ class Electra(MaskedLM):
             seed=seed, position_offset=(model_config.position_offset or 0) if model_config
             else 0, max_seq_len=model_config.max_seq_len if model_config else None,
             tokenizer=tokenizer, generator_size=cfg.generator_size, rtd_weight=cfg.rtd_weight,
+            embedding_sharing=cfg.embedding_sharing,
         )
 
     # -- the two models ------------------------------------------------------------------
@@ -124,14 +170,18 @@ class Electra(MaskedLM):
 
         discriminator = build(model_config)
         generator = build(generator_config(model_config, self.generator_size))
-        return ElectraPair(generator, discriminator)
+        return ElectraPair(generator, discriminator, self.embedding_sharing == "gdes")
 
     def export(self, model: ElectraPair) -> nn.Module:
         return model.discriminator
 
     def checkpoint_parts(self, model: ElectraPair) -> dict[str, nn.Module]:
-        """model.safetensors = the discriminator; generator.safetensors beside it."""
-        return {"model": model.discriminator, "generator": model.generator}
+        """model.safetensors = the discriminator; generator.safetensors beside it (and
+        gdes.safetensors = E_Delta with gdes)."""
+        parts = {"model": model.discriminator, "generator": model.generator}
+        if isinstance(model.discriminator.tok_embed, GdesEmbedding):
+            parts["gdes"] = nn.ParameterDict({"tok_embed": model.discriminator.tok_embed.delta})
+        return parts
 
     def eval_model(self, run) -> ElectraPair:
         """The pair of a run dir: its discriminator (run.model) + the saved generator."""
@@ -144,8 +194,11 @@ class Electra(MaskedLM):
         from ..models import build
 
         generator = build(generator_config(run.model.config, self.generator_size))
-        pair = ElectraPair(generator, run.model)  # the loaded discriminator's embeddings
+        tables = run.model.tok_embed.weight.detach().clone()  # E_G + E_Delta, as saved
+        pair = ElectraPair(generator, run.model, self.embedding_sharing == "gdes")
         load_weights(file, generator)
+        if self.embedding_sharing == "gdes":  # the same E_D: E_Delta = saved - E_G
+            pair.discriminator.tok_embed.delta.data = tables - generator.tok_embed.weight
         device = next(run.model.parameters()).device
         return pair.to(device).eval()
 
@@ -185,7 +238,7 @@ class Electra(MaskedLM):
         masked, labels = batch["input_ids"], batch["labels"]
         chosen = labels != IGNORE
         gen = model.generator
-        gen_logits = gen.mlm_head(gen.encode(masked)[chosen])  # (n, V)
+        gen_logits = gen.mlm_head(gen.mlm_hidden(masked)[chosen])  # (n, V); DeBERTa: EMD
         targets = labels[chosen]
         mlm_sum = F.cross_entropy(gen_logits.float(), targets, reduction="sum")
         rng = torch.Generator(masked.device).manual_seed(int(batch["sample_seed"]))

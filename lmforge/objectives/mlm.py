@@ -257,9 +257,13 @@ class MaskedLM(Objective):
 
     def _forward(self, model, batch):
         """(MLM logits at the chosen positions (n, V), their labels, pair logits or None)."""
-        h = model.encode(batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+        types = batch.get("token_type_ids")
+        if model.config.emd:  # DeBERTa: the MLM head reads the enhanced mask decoder
+            h, h_mlm = model.encode(batch["input_ids"], token_type_ids=types, emd=True)
+        else:
+            h = h_mlm = model.encode(batch["input_ids"], token_type_ids=types)
         chosen = batch["labels"] != IGNORE
-        logits = model.mlm_head(h[chosen])  # (n, V): the head only where it is scored
+        logits = model.mlm_head(h_mlm[chosen])  # (n, V): the head only where it is scored
         pair = model.pair_head(model.pooler(h)) if self.pair != "none" else None  # (B, 2)
         return logits, batch["labels"][chosen], pair
 
