@@ -159,7 +159,9 @@ def encoder_flops_per_token(model: nn.Module, seq_len: int, mlm_fraction: float 
       n_layer / n_blocks times;
     - the MLM head (transform + tied decoder) runs only at the scored positions:
       times `mlm_fraction` (the mask probability; 1 = every position);
-    - pooler and NSP / SOP head run once per sequence: divided by seq_len.
+    - pooler and NSP / SOP head run once per sequence: divided by seq_len;
+    - DeBERTa (disentangled attention, `deberta_flops_per_token`): the c2p / p2c scores
+      and the projections of the relative table, and the enhanced mask decoder.
     """
     cfg = model.config
     n_all = matmul_params(model)
@@ -170,7 +172,38 @@ def encoder_flops_per_token(model: nn.Module, seq_len: int, mlm_fraction: float 
     n_eff = (n_all - blocks - head - per_seq + blocks * cfg.n_layer / len(model.blocks)
              + head * mlm_fraction + per_seq / seq_len)
     d_attn = cfg.n_head * (cfg.head_dim or cfg.d_model // cfg.n_head)
-    return 6.0 * n_eff + 12.0 * cfg.n_layer * d_attn * seq_len
+    flops = 6.0 * n_eff + 12.0 * cfg.n_layer * d_attn * seq_len
+    if getattr(model, "deberta", False):
+        flops += deberta_flops_per_token(model, seq_len)
+    return flops
+
+
+def deberta_flops_per_token(model: nn.Module, seq_len: int) -> float:
+    """What disentangled attention adds to `encoder_flops_per_token` (per token, forward +
+    backward), with 2k relative rows, s position terms (c2p, p2c), T = seq_len:
+
+        L * 6 * s * 2k * d_attn          c2p: Q^c (K^r)^T, p2c: K^c (Q^r)^T against all
+                                         2k rows (the gather by distance is free)
+        L * 6 * s * (d d_attn) * 2k / T  the table projected once per sequence -- by
+                                         W_q / W_k (share_att_key) or by their own
+                                         W_{k,r} / W_{q,r}, which 6 N counted per token,
+                                         so those are replaced by this term
+        EMD: the last block twice more   2 * (6 N_block + 12 d_attn T + its two terms)
+
+    The MLM head of the EMD runs at the masked share only, as without it."""
+    cfg = model.config
+    T, L, s = seq_len, cfg.n_layer, len(cfg.pos_att_terms)
+    k2 = 2 * cfg.rel_span
+    d_attn = cfg.n_head * cfg.head_size
+    proj = cfg.d_model * d_attn + d_attn  # one projection of the table (weight + bias)
+    own = sum(matmul_params(m) for b in model.blocks for m in (b.attn.pos_k, b.attn.pos_q)
+              if m is not None)  # counted by 6 N as if applied to every token
+    per_layer = 6.0 * s * k2 * d_attn + 6.0 * s * proj * k2 / T
+    flops = L * per_layer - 6.0 * own
+    if cfg.emd and getattr(model, "mlm_head", None) is not None:
+        last = model.blocks[-1]
+        flops += 2 * (6.0 * matmul_params(last) + 12.0 * d_attn * T + per_layer)
+    return flops
 
 
 def xlnet_flops_per_token(model: nn.Module, seq_len: int, n_predict: int) -> float:

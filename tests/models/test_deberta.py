@@ -169,3 +169,25 @@ def test_config_refusals():
         presets.get("tiny-bert").replace(positions="none")
     assert isinstance(base, ModelConfig) and base.rel_span == 32
     assert base.pos_att_terms == ("c2p", "p2c")
+
+
+def test_flops_hand_count():
+    """tiny-deberta (V 256, d 64, L 2, 4 heads, d_ff 128, 2k = 64 rows, c2p + p2c, shared
+    W_q / W_k), T = 64, MLM head at 15% of the positions, counted by hand."""
+    from lmforge.flops import encoder_flops_per_token
+
+    block = 4 * (64 * 64 + 64) + 128 + (64 * 128 + 128) + (128 * 64 + 64) + 128  # 33,472
+    head = (64 * 64 + 64) + 128 + 256 * 64 + 256  # transform, LayerNorm, tied decoder, bias
+    n_eff = 128 + 128 + 2 * block + 0.15 * head  # embedding and table LayerNorms
+    base = 6 * n_eff + 12 * 2 * 64 * 64
+    terms = 6 * 2 * 64 * 64 + 6 * 2 * (64 * 64 + 64) * 64 / 64  # scores + table projections
+    torch.manual_seed(0)
+    model = build(presets.get("tiny-deberta"))
+    assert encoder_flops_per_token(model, 64, 0.15) == pytest.approx(base + 2 * terms)
+    # separate W_{k,r} / W_{q,r}: counted once per sequence, the same total
+    model = build(presets.get("tiny-deberta", share_att_key=False))
+    assert encoder_flops_per_token(model, 64, 0.15) == pytest.approx(base + 2 * terms)
+    # EMD: the last block twice more, with its attention and position terms
+    model = build(presets.get("tiny-deberta", emd=True))
+    emd = 2 * (6 * block + 12 * 64 * 64 + terms)
+    assert encoder_flops_per_token(model, 64, 0.15) == pytest.approx(base + 2 * terms + emd)
