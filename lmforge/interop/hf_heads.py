@@ -13,6 +13,7 @@ computes exactly what ours does, so that the logits agree:
     classify, h_eos + dense/tanh      BartForSequenceClassification     classification_head.*
     classify, h_last + dense/tanh     XLNetForSequenceClassification    sequence_summary.summary,
                                                                         logits_proj
+    classify, h_first + dense/gelu    DebertaV2ForSequenceClassification pooler.dense, classifier
     tag (encoders, decoders)          ...ForTokenClassification         classifier (Llama: score)
     span QA (all three)               ...ForQuestionAnswering           qa_outputs
                                       (XLNet: ...ForQuestionAnsweringSimple)
@@ -55,6 +56,8 @@ BODIES = {
     "gemma": ("Gemma", "model.", hf.LLAMA_TABLE, None),
     "bart": ("Bart", "model.", hf.BART_TABLE, None),
     "xlnet": ("XLNet", "transformer.", hf.ARCHITECTURES["XLNetLMHeadModel"][2], None),
+    "deberta": ("DebertaV2", "deberta.", hf.ARCHITECTURES["DebertaV2ForMaskedLM"][2],
+                ("mlm", False)),
 }
 KINDS = {ClassificationHead: "SequenceClassification", TokenClassificationHead:
          "TokenClassification", SpanHead: "QuestionAnswering"}  # fmt: skip
@@ -88,7 +91,7 @@ def task_architecture(model: TaskModel) -> str:
             raise refuse("its head uses gelu where this one uses tanh")
         wanted = {"bert": ("pooler", False), "albert": ("pooler", False),
                   "roberta": ("first", True), "bart": ("eos", True),
-                  "xlnet": ("last", True)}[family]  # fmt: skip
+                  "xlnet": ("last", True), "deberta": ("first", True)}[family]  # fmt: skip
         if (model.pooling, head.dense is not None) != wanted:
             raise refuse(f"it pools with {wanted[0]}{' + dense/tanh' if wanted[1] else ''}, "
                          f"this head with {model.pooling}")
@@ -103,10 +106,13 @@ def _head_names(cls: str, head: nn.Module) -> dict[str, str]:
         return {"out.weight": "qa_outputs.weight", "out.bias": "qa_outputs.bias"}
     if isinstance(head, TokenClassificationHead):
         name = "classifier" if cls.split("For")[0] in ("Bert", "Roberta", "Electra", "Albert",
-                                                        "GPT2", "XLNet") else "score"
+                                                        "GPT2", "XLNet", "DebertaV2") else "score"
         return {"out.weight": f"{name}.weight", "out.bias": f"{name}.bias"}
     if head.dense is None:  # BERT, ALBERT: a linear layer on the pooler output
         return {"out.weight": "classifier.weight", "out.bias": "classifier.bias"}
+    if cls.startswith("DebertaV2"):  # ContextPooler (dense + the body's act), classifier
+        return {"dense.weight": "pooler.dense.weight", "dense.bias": "pooler.dense.bias",
+                "out.weight": "classifier.weight", "out.bias": "classifier.bias"}
     if cls.startswith("XLNet"):  # sequence_summary (dense + tanh), then logits_proj
         return {"dense.weight": "sequence_summary.summary.weight",
                 "dense.bias": "sequence_summary.summary.bias",

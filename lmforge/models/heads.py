@@ -167,19 +167,22 @@ class ClassificationHead(nn.Module):
 
     dense=False:  logits = W drop(x) + b                    (BERT: x is the pooler output)
     dense=True:   logits = W2 drop(tanh(W1 drop(x) + b1)) + b2   (RoBERTa, BART)
+    `activation` replaces tanh (DeBERTa's ContextPooler: the body's GELU).
     num_labels=1 makes it a regression head (one score, trained with MSE).
     """
 
-    def __init__(self, d_model: int, num_labels: int, dropout: float = 0.1, dense: bool = False):
+    def __init__(self, d_model: int, num_labels: int, dropout: float = 0.1, dense: bool = False,
+                 activation: Callable[[Tensor], Tensor] = torch.tanh):
         super().__init__()
         self.drop = nn.Dropout(dropout)
         self.dense = nn.Linear(d_model, d_model) if dense else None
+        self.act = activation
         self.out = nn.Linear(d_model, num_labels)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.drop(x)
         if self.dense is not None:
-            x = self.drop(torch.tanh(self.dense(x)))
+            x = self.drop(self.act(self.dense(x)))
         return self.out(x)  # (B, num_labels)
 
 

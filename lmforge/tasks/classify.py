@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, DataError
 from ..models.heads import ClassificationHead, TaskModel
+from ..models.layers import ACTIVATIONS
 from .modes import Mode, boundary_ids, chunks, model_device, pad
 
 
@@ -68,8 +69,11 @@ class Classify(Mode):
             pooling = "last"
         else:
             pooling = "last" if cfg.arch == "decoder" else "eos"
+        # DeBERTa's ContextPooler: dense + the body's activation on h_[CLS]
+        act = ACTIVATIONS[cfg.activation] if cfg.attention == "disentangled" else torch.tanh
         head = ClassificationHead(d, self.num_labels, self.dropout,
-                                  dense=pooling in ("first", "eos") or cfg.arch == "xlnet")
+                                  dense=pooling in ("first", "eos") or cfg.arch == "xlnet",
+                                  activation=act)
         nn.init.normal_(head.out.weight, 0.0, cfg.init_std)
         nn.init.zeros_(head.out.bias)
         if head.dense is not None:

@@ -136,3 +136,42 @@ def test_export_refuses_heads_without_a_class(tmp_path):
         save_hf(_model(encoder_head="rtd"), tmp_path / "rtd")
     with pytest.raises(CheckpointError, match="no pooler"):
         save_hf(_model(pooler=True), tmp_path / "pooler")
+
+
+@pytest.mark.parametrize("head, cls", [
+    ("first", "DebertaV2ForSequenceClassification"),
+    ("tokens", "DebertaV2ForTokenClassification"),
+    ("span", "DebertaV2ForQuestionAnswering"),
+])
+def test_fine_tuned_heads_export_as_transformers_classes(tmp_path, head, cls):
+    """Classification reads h_[CLS] through DeBERTa's ContextPooler (dense + the body's
+    GELU, not tanh); tagging and span QA read every position."""
+    from lmforge.interop.hf_heads import save_hf_task
+    from lmforge.models.heads import ClassificationHead, SpanHead, TaskModel
+    from lmforge.models.heads import TokenClassificationHead as Tag
+    from lmforge.models.layers import ACTIVATIONS
+
+    body = _model(encoder_head="none")
+    d = body.config.d_model
+    module = {"first": lambda: ClassificationHead(d, 3, dense=True,
+                                                  activation=ACTIVATIONS["gelu"]),
+              "tokens": lambda: Tag(d, 3), "span": lambda: SpanHead(d)}[head]()
+    ours = TaskModel(body, module, head if head == "first" else "tokens").eval()
+    with torch.no_grad():
+        for p in ours.head.parameters():
+            p.normal_(0.0, 0.05)
+    assert save_hf_task(ours, tmp_path / "hf") == cls
+    theirs, info = getattr(transformers, cls).from_pretrained(tmp_path / "hf",
+                                                              output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    ids, mask = _inputs()
+    with torch.no_grad():
+        out, ref = ours(ids, mask), theirs.eval()(input_ids=ids, attention_mask=mask)
+    real = mask.bool()
+    if head == "first":
+        assert (out - ref.logits).abs().max() < 1e-5
+    elif head == "tokens":
+        assert (out[real] - ref.logits[real]).abs().max() < 1e-5
+    else:
+        assert (out[0][real] - ref.start_logits[real]).abs().max() < 1e-5
+        assert (out[1][real] - ref.end_logits[real]).abs().max() < 1e-5
