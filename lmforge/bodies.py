@@ -96,6 +96,11 @@ def read_source(cfg) -> Source:
         model = load_hf(path, dtype=torch.float32)
         tok_path = path / "tokenizer.json"
         if cfg.tokenizer is None and not tok_path.is_file():
+            spm = sorted(p.name for p in path.glob("*.model"))  # DeBERTa-v2 / v3: spm.model
+            if spm:
+                raise CheckpointError(f"{path}: its tokenizer is SentencePiece only ({spm[0]}, "
+                                      "no tokenizer.json), which lmforge cannot run; set "
+                                      "'tokenizer' to a tokenizer.json (BPE or WordPiece)")
             raise CheckpointError(f"{path}: no tokenizer.json (set 'tokenizer')")
         tok_path = tokenizer_file(cfg.tokenizer) or str(tok_path)
         return Source(model.config, model.state_dict(), Tokenizer.load(tok_path), str(tok_path),

@@ -400,6 +400,10 @@ def cmd_convert(args) -> int:
             from .wordpiece import WordPieceTokenizer
 
             tok = WordPieceTokenizer.from_vocab_txt(src / "vocab.txt")
+        elif any(src.glob("*.model")):  # SentencePiece (DeBERTa-v2 / v3's spm.model, ALBERT)
+            raise LmforgeError(f"{src}: its tokenizer is SentencePiece only "
+                               f"({min(p.name for p in src.glob('*.model'))}, no "
+                               "tokenizer.json), which lmforge cannot run")
         else:
             raise LmforgeError(f"{src} has no tokenizer.json (or vocab.json + merges.txt, "
                                "or vocab.txt)")

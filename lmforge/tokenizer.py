@@ -831,6 +831,9 @@ class Tokenizer(SpecialTokensMixin):
             from .wordpiece import WordPieceTokenizer
 
             return WordPieceTokenizer.from_hf_dict(data, where)
+        if kind == "Unigram":  # SentencePiece's unigram LM (ALBERT, T5, DeBERTa-v2 / v3)
+            raise TokenizerError(f"{where}: a Unigram (SentencePiece) tokenizer, which lmforge "
+                                 "cannot run (it runs byte-level BPE and WordPiece)")
         if kind != "BPE":
             raise TokenizerError(f"{where}: model type {kind!r} is not BPE")
         for key in ("continuing_subword_prefix", "end_of_word_suffix"):

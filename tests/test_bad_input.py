@@ -64,6 +64,13 @@ def world(tmp_path_factory):
         {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": 300,
          "n_positions": 32, "n_embd": 64, "n_layer": 2, "n_head": 4}))
     (w / "hf_pickle" / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    from lmforge.interop.hf import save_hf  # DeBERTa-v2 folders: SentencePiece only, xlarge
+
+    save_hf(build(presets.get("tiny-deberta", vocab_size=300)), w / "hf_deberta_spm")
+    (w / "hf_deberta_spm" / "spm.model").write_bytes(b"\n\x0esentencepiece")
+    (w / "hf_deberta_conv").mkdir()
+    (w / "hf_deberta_conv" / "config.json").write_text(json.dumps(
+        {"model_type": "deberta-v2", "relative_attention": True, "conv_kernel_size": 3}))
     # damaged copies of the run: truncated weights, a pickle as state, another
     # architecture's config, a tokenizer larger than the model's vocabulary
     _copy_run(w / "run", w / "run_truncated")
@@ -155,6 +162,12 @@ CASES = [
      "only safetensors checkpoints are read"),
     ("HF folder without config.json", ["convert", "--from-hf", "{w}/empty_dir", "--out",
                                        "{w}/imported"], "no config.json"),
+    ("DeBERTa-v2 with a convolution layer", ["convert", "--from-hf", "{w}/hf_deberta_conv",
+                                             "--out", "{w}/imported"],
+     "DeBERTa-v2 conv_kernel_size=3 is not supported"),
+    ("SentencePiece-only DeBERTa checkpoint", ["convert", "--from-hf", "{w}/hf_deberta_spm",
+                                               "--out", "{w}/imported"],
+     "its tokenizer is SentencePiece only (spm.model, no tokenizer.json)"),
     ("convert into a full folder", ["convert", "--to-hf", "{w}/run", "--out", "{w}/run"],
      "not empty"),
     ("convert both ways at once", ["convert", "--from-hf", "{w}/run", "--to-hf", "{w}/run",
