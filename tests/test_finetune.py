@@ -146,8 +146,8 @@ RUNNABLE = [p for p in RECIPES if "minilm" not in p.stem]  # real MiniLM: too sl
 @pytest.mark.parametrize("path", RUNNABLE, ids=lambda p: p.stem)
 def test_tiny_version_of_recipe_runs(path, work, pretrained, tok_file):
     cfg = load_config(path, FinetuneConfig)
-    preset = next(p for p in ("tiny-bart", "tiny-gpt2", "tiny-bert", "tiny-t5", "tiny-llama",
-                              "tiny-xlnet")
+    preset = next(p for p in ("tiny-bart", "tiny-gpt2", "tiny-deberta", "tiny-bert", "tiny-t5",
+                              "tiny-llama", "tiny-xlnet")
                   if p.split("-")[1] in path.stem)
     source = [f"init_from={pretrained(preset)}"] if cfg.init_from else [f"tokenizer={tok_file}"]
     cfg = load_config(path, FinetuneConfig, [

@@ -175,3 +175,47 @@ def test_fine_tuned_heads_export_as_transformers_classes(tmp_path, head, cls):
     else:
         assert (out[0][real] - ref.start_logits[real]).abs().max() < 1e-5
         assert (out[1][real] - ref.end_logits[real]).abs().max() < 1e-5
+
+
+def test_checkpoint_keeps_its_tokenizer_json_and_refuses_unigram(tmp_path):
+    """convert --from-hf reads the folder's own tokenizer.json; a Unigram (SentencePiece)
+    one -- what DeBERTa-v2 / v3 ship -- is refused in one line."""
+    from lmforge.cli import main
+    from lmforge.errors import TokenizerError
+    from lmforge.runs import load_run
+    from lmforge.tokenizer import Tokenizer
+
+    text = "To be, or not to be, that is the question. " * 20
+    tok = Tokenizer.train([text], vocab_size=300, special_tokens=["[PAD]", "[CLS]", "[SEP]"],
+                          progress=False)
+    save_hf(build(presets.get("tiny-deberta", vocab_size=300)), tmp_path / "hf")
+    tok.save(tmp_path / "hf" / "tokenizer.json")
+    assert main(["convert", "--from-hf", str(tmp_path / "hf"), "--out",
+                 str(tmp_path / "run")]) == 0
+    run = load_run(tmp_path / "run")
+    assert run.tokenizer.fingerprint == tok.fingerprint
+    assert run.model.config.attention == "disentangled"
+    unigram = {"model": {"type": "Unigram", "vocab": [["<pad>", 0.0], ["a", -1.0]]}}
+    (tmp_path / "unigram.json").write_text(json.dumps(unigram))
+    with pytest.raises(TokenizerError, match="a Unigram .SentencePiece. tokenizer, which "
+                                             "lmforge cannot run"):
+        Tokenizer.load(tmp_path / "unigram.json")
+
+
+def test_classify_mode_builds_the_context_pooler():
+    """`lmforge finetune` on a DeBERTa body: h_[CLS] -> dense -> the body's GELU -> drop ->
+    classifier (DebertaV2ForSequenceClassification), not BERT's tanh pooler."""
+    from lmforge.models.layers import ACTIVATIONS
+    from lmforge.tasks import get_task
+    from lmforge.tasks.modes import get_mode
+    from lmforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["To be, or not to be. " * 20], vocab_size=300,
+                          special_tokens=["[PAD]", "[CLS]", "[SEP]"], progress=False)
+    body = build(presets.get("tiny-deberta", vocab_size=300, encoder_head="none"))
+    mode = get_mode("classify")(get_task("rotten-tomatoes"), tok, body.config)
+    model = mode.build_model(body)
+    assert model.pooling == "first" and model.head.dense is not None
+    assert model.head.act is ACTIVATIONS["gelu"]
+    bert = build(presets.get("tiny-bert", vocab_size=300, encoder_head="none"))
+    assert mode.build_model(bert).head.dense is None  # BERT keeps its pooler
