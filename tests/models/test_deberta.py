@@ -191,3 +191,37 @@ def test_flops_hand_count():
     model = build(presets.get("tiny-deberta", emd=True))
     emd = 2 * (6 * block + 12 * 64 * 64 + terms)
     assert encoder_flops_per_token(model, 64, 0.15) == pytest.approx(base + 2 * terms + emd)
+
+
+@pytest.mark.learning
+def test_mlm_with_emd_learns_on_a_fixed_batch():
+    """tiny-deberta with the EMD under the MLM objective, one fixed batch of 8 windows,
+    40 AdamW steps: the masked-token loss falls from 5.76 (about ln 300) to 0.71 (the same
+    on default / avx2 / avx512 kernels); the bar is half the start."""
+    import numpy as np
+
+    from lmforge.models.config import resolve_model_config
+    from lmforge.objectives import build as build_objective
+    from lmforge.objectives.config import ObjectiveConfig
+    from lmforge.tokenizer import Tokenizer
+
+    text = "Now is the winter of our discontent made glorious summer by this sun of York. " * 30
+    tok = Tokenizer.train([text], vocab_size=300, progress=False,
+                          special_tokens=["<|endoftext|>", "[PAD]", "[CLS]", "[SEP]", "[MASK]"])
+    mc = resolve_model_config({"preset": "tiny-deberta", "emd": True}, tok.vocab_size, tok)
+    obj = build_objective(ObjectiveConfig(name="mlm", mask_prob=0.25), tokenizer=tok,
+                          model_config=mc, seed=0)
+    ids = np.array(tok.encode(text))
+    W = obj.window_len(40)
+    batch = obj.prepare(np.stack([ids[i * W : (i + 1) * W] for i in range(8)]), draw=0)
+    torch.manual_seed(0)
+    model = build(mc)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    losses = []
+    for _ in range(40):
+        loss_sum, n = obj.loss(model, batch)
+        opt.zero_grad()
+        (loss_sum / n).backward()
+        opt.step()
+        losses.append(float(loss_sum.detach() / n))
+    assert losses[-1] < losses[0] / 2, losses[::10]

@@ -118,3 +118,33 @@ def test_bad_embedding_sharing(setup):
     with pytest.raises(ConfigError, match="objective.embedding_sharing"):
         build_objective(ObjectiveConfig(name="electra", embedding_sharing="tied"),
                         tokenizer=tok, model_config=mc, seed=0)
+
+
+def _fixed_batch_losses(obj, model, batch, steps=40, lr=3e-3):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    first = last = None
+    for _ in range(steps):
+        loss_sum, n = obj.loss(model, batch)
+        loss = loss_sum / n
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = float(loss.detach()) if first is None else first
+        last = float(loss.detach())
+    return first, last
+
+
+@pytest.mark.learning
+def test_rtd_with_gdes_learns_on_a_fixed_batch(setup):
+    """DeBERTa v3 (RTD + GDES) on one fixed batch of 6 windows, 40 AdamW steps: the loss
+    (MLM + 50 RTD) falls from 40.4 to 19.4 (model seed 0, the same on default / avx2 /
+    avx512 kernels); the bar, two thirds of the start, leaves room. E_Delta has moved away from 0 and E_G has learned."""
+    mc, objs, raw = setup
+    obj = objs["gdes"]
+    model = _pair(obj, mc)
+    e_g0 = model.generator.tok_embed.weight.detach().clone()
+    b = obj.prepare(raw, draw=0)
+    first, last = _fixed_batch_losses(obj, model, b)
+    assert last < first * 2 / 3, (first, last)
+    assert model.discriminator.tok_embed.delta.abs().max() > 0
+    assert not torch.equal(model.generator.tok_embed.weight, e_g0)
