@@ -138,7 +138,8 @@ def _fixed_batch_losses(obj, model, batch, steps=40, lr=3e-3):
 def test_rtd_with_gdes_learns_on_a_fixed_batch(setup):
     """DeBERTa v3 (RTD + GDES) on one fixed batch of 6 windows, 40 AdamW steps: the loss
     (MLM + 50 RTD) falls from 40.4 to 19.4 (model seed 0, the same on default / avx2 /
-    avx512 kernels); the bar, two thirds of the start, leaves room. E_Delta has moved away from 0 and E_G has learned."""
+    avx512 kernels); the bar, two thirds of the start, leaves room. E_Delta has moved
+    away from 0 and E_G has learned."""
     mc, objs, raw = setup
     obj = objs["gdes"]
     model = _pair(obj, mc)
