@@ -51,7 +51,7 @@ from ..errors import CheckpointError, ConfigError
 from ..models.layers import ACTIVATIONS, LayerNorm, init_normal_
 from .electra import Electra, ElectraPair
 from .masking import ELECTRA_MASKING, check_probability
-from .mlm import as_windows, check_encoder, special_token_ids
+from .mlm import as_windows, check_encoder, masking_fields
 
 # -- the pieces, as pure functions -------------------------------------------------------
 
@@ -164,10 +164,7 @@ class Coco(Electra):
 
     @classmethod
     def from_config(cls, cfg, *, tokenizer, model_config, seed: int = 0) -> Coco:
-        if tokenizer is None:
-            raise ConfigError("objective 'coco' needs the tokenizer (for its special tokens)")
-        ids = special_token_ids(tokenizer, objective="coco")
-        check_probability("config key 'objective.mask_prob'", cfg.mask_prob)
+        common = masking_fields(cfg, tokenizer, model_config, seed, "coco")
         check_probability("config key 'objective.crop_ratio'", cfg.crop_ratio, one_ok=True)
         check_encoder(model_config, ("mlm",), "coco")
         for key in ("copy_weight", "scl_weight"):
@@ -180,18 +177,10 @@ class Coco(Electra):
         if model_config is not None:
             generator_config(model_config, cfg.generator_layers)  # fails now, not mid-run
         return cls(
-            mask_id=ids["mask"], cls_id=ids["cls"], sep_id=ids["sep"], pad_id=ids["pad"],
-            vocab_size=tokenizer.vocab_size,
-            special_ids=tuple(sorted(set(tokenizer.special_tokens.values()))),
-            mask_prob=cfg.mask_prob, masking=cfg.masking, whole_word=cfg.whole_word,
-            mask_replace_prob=ELECTRA_MASKING["mask_replace_prob"],
-            random_replace_prob=ELECTRA_MASKING["random_replace_prob"],
-            seed=seed, position_offset=(model_config.position_offset or 0) if model_config
-            else 0, max_seq_len=model_config.max_seq_len if model_config else None,
-            tokenizer=tokenizer, generator_layers=cfg.generator_layers,
+            **common, **ELECTRA_MASKING, generator_layers=cfg.generator_layers,
             copy_weight=cfg.copy_weight, scl_weight=cfg.scl_weight,
             temperature=cfg.temperature, crop_ratio=cfg.crop_ratio,
-        )  # fmt: skip
+        )
 
     # -- the models ----------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from ..errors import CheckpointError, ConfigError
 from .clm import IGNORE
 from .masking import ELECTRA_MASKING, sample_tokens
-from .mlm import MaskedLM, check_encoder, special_token_ids
+from .mlm import MaskedLM, check_encoder, masking_fields
 
 
 class GdesEmbedding(nn.Module):
@@ -135,12 +135,8 @@ class Electra(MaskedLM):
 
     @classmethod
     def from_config(cls, cfg, *, tokenizer, model_config, seed: int = 0) -> Electra:
-        from .masking import check_probability
 
-        if tokenizer is None:
-            raise ConfigError("objective 'electra' needs the tokenizer (for its special tokens)")
-        ids = special_token_ids(tokenizer, objective="electra")
-        check_probability("config key 'objective.mask_prob'", cfg.mask_prob)
+        common = masking_fields(cfg, tokenizer, model_config, seed, "electra")
         check_encoder(model_config, ("rtd",), "electra")
         if cfg.rtd_weight < 0:
             raise ConfigError(f"config key 'objective.rtd_weight': expected a number >= 0, "
@@ -151,16 +147,8 @@ class Electra(MaskedLM):
         if model_config is not None:
             generator_config(model_config, cfg.generator_size)  # fails now, not mid-run
         return cls(
-            mask_id=ids["mask"], cls_id=ids["cls"], sep_id=ids["sep"], pad_id=ids["pad"],
-            vocab_size=tokenizer.vocab_size,
-            special_ids=tuple(sorted(set(tokenizer.special_tokens.values()))),
-            mask_prob=cfg.mask_prob, masking=cfg.masking, whole_word=cfg.whole_word,
-            mask_replace_prob=ELECTRA_MASKING["mask_replace_prob"],
-            random_replace_prob=ELECTRA_MASKING["random_replace_prob"],
-            seed=seed, position_offset=(model_config.position_offset or 0) if model_config
-            else 0, max_seq_len=model_config.max_seq_len if model_config else None,
-            tokenizer=tokenizer, generator_size=cfg.generator_size, rtd_weight=cfg.rtd_weight,
-            embedding_sharing=cfg.embedding_sharing,
+            **common, **ELECTRA_MASKING, generator_size=cfg.generator_size,
+            rtd_weight=cfg.rtd_weight, embedding_sharing=cfg.embedding_sharing,
         )
 
     # -- the two models ------------------------------------------------------------------

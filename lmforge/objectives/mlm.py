@@ -77,6 +77,25 @@ def special_token_ids(tokenizer, roles=("mask", "cls", "sep", "pad"), objective=
     return ids
 
 
+def masking_fields(cfg, tokenizer, model_config, seed: int, objective: str) -> dict:
+    """The constructor fields every masking objective (mlm, electra, coco) takes from its
+    config, tokenizer and model: special ids, mask rate and kind, seed, positions."""
+    if tokenizer is None:
+        raise ConfigError(f"objective {objective!r} needs the tokenizer (for its special "
+                          "tokens)")
+    ids = special_token_ids(tokenizer, objective=objective)
+    check_probability("config key 'objective.mask_prob'", cfg.mask_prob)
+    return dict(
+        mask_id=ids["mask"], cls_id=ids["cls"], sep_id=ids["sep"], pad_id=ids["pad"],
+        vocab_size=tokenizer.vocab_size,
+        special_ids=tuple(sorted(set(tokenizer.special_tokens.values()))),
+        mask_prob=cfg.mask_prob, masking=cfg.masking, whole_word=cfg.whole_word, seed=seed,
+        position_offset=(model_config.position_offset or 0) if model_config else 0,
+        max_seq_len=model_config.max_seq_len if model_config else None,
+        tokenizer=tokenizer,
+    )
+
+
 def check_encoder(model_config, heads: tuple[str, ...], objective: str) -> None:
     if model_config is None:
         return
@@ -134,10 +153,7 @@ class MaskedLM(Objective):
 
     @classmethod
     def from_config(cls, cfg, *, tokenizer, model_config, seed: int = 0) -> MaskedLM:
-        if tokenizer is None:
-            raise ConfigError("objective 'mlm' needs the tokenizer (for its special tokens)")
-        ids = special_token_ids(tokenizer, objective="mlm")
-        check_probability("config key 'objective.mask_prob'", cfg.mask_prob)
+        common = masking_fields(cfg, tokenizer, model_config, seed, "mlm")
         check_probability("config key 'objective.mask_replace_prob'", cfg.mask_replace_prob,
                           zero_ok=True, one_ok=True)
         check_probability("config key 'objective.random_replace_prob'",
@@ -153,16 +169,10 @@ class MaskedLM(Objective):
             raise ConfigError(f"config key 'model.type_vocab_size': objective.pair={cfg.pair} "
                               "needs 2 token types (A and B)")
         return cls(
-            mask_id=ids["mask"], cls_id=ids["cls"], sep_id=ids["sep"], pad_id=ids["pad"],
-            vocab_size=tokenizer.vocab_size,
-            special_ids=tuple(sorted(set(tokenizer.special_tokens.values()))),
-            mask_prob=cfg.mask_prob, mask_replace_prob=cfg.mask_replace_prob,
-            random_replace_prob=cfg.random_replace_prob, masking=cfg.masking,
-            whole_word=cfg.whole_word, pair=cfg.pair, pair_weight=cfg.pair_weight, seed=seed,
+            **common, mask_replace_prob=cfg.mask_replace_prob,
+            random_replace_prob=cfg.random_replace_prob, pair=cfg.pair,
+            pair_weight=cfg.pair_weight,
             stop_ids=tuple(stop_token_ids(tokenizer)) if cfg.pair != "none" else (),
-            position_offset=(model_config.position_offset or 0) if model_config else 0,
-            max_seq_len=model_config.max_seq_len if model_config else None,
-            tokenizer=tokenizer,
         )
 
     # -- inputs ------------------------------------------------------------------------
