@@ -67,7 +67,7 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_out = make_norm(config) if config.has_final_norm else nn.Identity()
         tied_to = self.tok_embed if config.tie_embeddings else None
-        self.lm_head = LMHead(d, config.vocab_size, tied_to)
+        self.lm_head = LMHead(d, config.vocab_size, tied_to, config.logit_softcap)
         self.init_weights()
 
     # --- parameters ---------------------------------------------------------------------
@@ -179,9 +179,6 @@ class Decoder(nn.Module):
         x = self.norm_out(x)
 
         h = x[:, -logits_to_keep:] if logits_to_keep else x
-        logits = self.lm_head(h)
-        if config.logit_softcap:  # soft-capping (Gemma 2): c tanh(z / c), within (-c, c)
-            logits = config.logit_softcap * torch.tanh(logits / config.logit_softcap)
         return CausalLMOutput(
-            logits=logits, past_key_values=past_key_values, last_hidden_state=x
+            logits=self.lm_head(h), past_key_values=past_key_values, last_hidden_state=x
         )

@@ -19,11 +19,14 @@ class LMHead(nn.Module):
     Weight tying (lecture, "Language Model Head"): W *is* the token-embedding matrix, so the
     same vectors read tokens in and write them out. `tie(embedding)` shares the parameter;
     call it again after anything that re-creates parameters (e.g. loading on `meta`).
+    `softcap` c: logits = c tanh(h W^T / c), within (-c, c) (Gemma 2's soft-capping).
     """
 
-    def __init__(self, d_model: int, vocab_size: int, tied_to: nn.Embedding | None = None):
+    def __init__(self, d_model: int, vocab_size: int, tied_to: nn.Embedding | None = None,
+                 softcap: float | None = None):
         super().__init__()
         self.tied = tied_to is not None
+        self.softcap = softcap
         self._weight_t: Tensor | None = None  # (d, V) copy, only inside decoding_layout()
         if tied_to is not None:
             self.weight = tied_to.weight
@@ -50,8 +53,12 @@ class LMHead(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         if self._weight_t is not None and not torch.is_grad_enabled():
-            return h @ self._weight_t  # (B, T, V)
-        return F.linear(h, self.weight)  # (B, T, V)
+            logits = h @ self._weight_t  # (B, T, V)
+        else:
+            logits = F.linear(h, self.weight)  # (B, T, V)
+        if self.softcap:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        return logits
 
 
 # ----------------------------------------------------------------------------------------

@@ -235,10 +235,9 @@ def _compiled_cross_entropy():
 
 
 def _plain_head(model):
-    """The model's LM head when it is a plain h W^T (lmforge's LMHead), else None."""
+    """The model's LM head when it is a plain h W^T (lmforge's LMHead, uncapped), else
+    None."""
     from ..models.heads import LMHead
 
     head = getattr(model, "lm_head", None)
-    if getattr(getattr(model, "config", None), "logit_softcap", None):
-        return None  # the logits are capped after the head: not a plain h W^T
-    return head if type(head) is LMHead else None
+    return head if type(head) is LMHead and not head.softcap else None

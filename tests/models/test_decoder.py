@@ -216,6 +216,8 @@ def test_logit_softcap_bounds_the_logits_and_the_loss_uses_them():
     raw, out = plain(ids).logits, capped(ids).logits
     torch.testing.assert_close(out, 0.5 * torch.tanh(raw / 0.5))
     assert out.abs().max() < 0.5 < raw.abs().max()
+    with capped.lm_head.decoding_layout(), torch.no_grad():  # generation's layout caps too
+        torch.testing.assert_close(capped(ids).logits, out)
     batch = CausalLM().prepare(torch.randint(0, 256, (2, 10)))
     loss, n = CausalLM().loss(capped, batch)  # not the fused h W^T path: capped logits
     logits = capped(batch["input_ids"]).logits
