@@ -32,7 +32,7 @@ def main() -> None:
     obj = build(run.config.objective, tokenizer=run.tokenizer, model_config=run.model.config,
                 seed=run.config.seed)
     model = obj.eval_model(run).eval()
-    shards = Path(args.run_dir) / "shards"
+    shards = Path(run.config.data.shards or Path(args.run_dir) / "shards")
     meta = json.loads((shards / "meta.json").read_text())
     val = np.concatenate([np.fromfile(shards / f["file"], dtype=meta["dtype"])
                           for f in meta["splits"]["val"]["files"]]).astype(np.int64)

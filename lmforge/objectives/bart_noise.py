@@ -26,7 +26,13 @@ lambda = 3 is the default; fairseq's released BART command used 3.5 and replaced
 the spans by random tokens (`random_ratio=0.1`).
 
 Every function takes a 1-D sequence of content tokens (no <s> / </s>: the objective adds
-those around both sides) and returns (encoder_input, target), int64 arrays.
+those around both sides) and returns (encoder_input, target), int64 arrays. With
+`return_hidden=True` the masking functions and `bart_noise` also return `hidden`, a bool
+array over the target's positions: True where the encoder input does not show that token
+(removed by a span, masked, replaced by a random token, deleted, or cut by `max_len`), the
+tokens the model must infer rather than copy. It is computed from the draws the noise makes
+anyway (each source token's origin in the target is tracked), so the random stream, and
+the outputs, are the same with or without it.
 """
 
 from __future__ import annotations
@@ -69,11 +75,9 @@ def _check_mask(mask_id, ratio, random_ratio):
 # -- token masking and deletion --------------------------------------------------------------
 
 
-def token_masking(tokens, rng: np.random.Generator, *, mask_id: int, ratio: float = 0.3,
-                  random_ratio: float = 0.0, vocab_size: int | None = None,
-                  special_ids: Iterable[int] = ()):
-    """ceil(n * ratio) distinct random tokens -> [MASK] (or, each with probability
-    random_ratio, a random non-special token)."""
+def _token_masking(tokens, rng, *, mask_id, ratio, random_ratio, vocab_size, special_ids):
+    """token_masking's (encoder input, target, origin): origin[i] is the target position
+    the input's token i shows, -1 where it was masked or replaced."""
     _check_mask(mask_id, ratio, random_ratio)
     ids = as_ids(tokens)
     _nonempty(ids, "token masking")
@@ -81,18 +85,47 @@ def token_masking(tokens, rng: np.random.Generator, *, mask_id: int, ratio: floa
     out = ids.copy()
     out[pos] = _replacements(rng, len(pos), mask_id=mask_id, random_ratio=random_ratio,
                              vocab_size=vocab_size, special_ids=special_ids)
-    return out, ids
+    origin = np.arange(len(ids))
+    origin[pos] = -1
+    return out, ids, origin
 
 
-def token_deletion(tokens, rng: np.random.Generator, *, ratio: float = 0.3):
-    """ceil(n * ratio) distinct random tokens removed (at least one token is kept)."""
+def token_masking(tokens, rng: np.random.Generator, *, mask_id: int, ratio: float = 0.3,
+                  random_ratio: float = 0.0, vocab_size: int | None = None,
+                  special_ids: Iterable[int] = (), return_hidden: bool = False):
+    """ceil(n * ratio) distinct random tokens -> [MASK] (or, each with probability
+    random_ratio, a random non-special token). `return_hidden`: also the bool mask of the
+    masked / replaced positions."""
+    out, ids, origin = _token_masking(tokens, rng, mask_id=mask_id, ratio=ratio,
+                                      random_ratio=random_ratio, vocab_size=vocab_size,
+                                      special_ids=special_ids)
+    return (out, ids, hidden_positions(origin, len(ids))) if return_hidden else (out, ids)
+
+
+def _token_deletion(tokens, rng, *, ratio):
     check_probability("deletion ratio", ratio)
     ids = as_ids(tokens)
     _nonempty(ids, "token deletion", need=2)
     k = min(math.ceil(len(ids) * ratio), len(ids) - 1)
     keep = np.ones(len(ids), bool)
     keep[rng.choice(len(ids), k, replace=False)] = False
-    return ids[keep], ids
+    return ids[keep], ids, np.flatnonzero(keep)
+
+
+def token_deletion(tokens, rng: np.random.Generator, *, ratio: float = 0.3,
+                   return_hidden: bool = False):
+    """ceil(n * ratio) distinct random tokens removed (at least one token is kept).
+    `return_hidden`: also the bool mask of the deleted positions."""
+    out, ids, origin = _token_deletion(tokens, rng, ratio=ratio)
+    return (out, ids, hidden_positions(origin, len(ids))) if return_hidden else (out, ids)
+
+
+def hidden_positions(origin: np.ndarray, n: int) -> np.ndarray:
+    """The target positions (of n) that no encoder input token shows: `origin` gives, for
+    each input token, the target position it copies, or -1 (a [MASK], a random token)."""
+    hidden = np.ones(n, bool)
+    hidden[origin[origin >= 0]] = False
+    return hidden
 
 
 # -- text infilling --------------------------------------------------------------------------
@@ -146,11 +179,10 @@ def infill_plan(n_units: int, rng: np.random.Generator, *, ratio: float = 0.3,
     return first_unit[is_span], lengths
 
 
-def text_infilling(tokens, rng: np.random.Generator, *, mask_id: int, ratio: float = 0.3,
-                   poisson_lambda: float = 3.0, word_starts=None, random_ratio: float = 0.0,
-                   vocab_size: int | None = None, special_ids: Iterable[int] = ()):
-    """Spans covering ceil(n * ratio) tokens (words, with `word_starts`) with lengths ~
-    Poisson(poisson_lambda), each replaced by one [MASK]; zero-length spans insert one."""
+def _text_infilling(tokens, rng, *, mask_id, ratio, poisson_lambda, word_starts,
+                    random_ratio, vocab_size, special_ids):
+    """text_infilling's (encoder input, target, origin): origin[i] is the target position
+    the input's token i shows, -1 for a span's [MASK] (or random token)."""
     _check_mask(mask_id, ratio, random_ratio)
     ids = as_ids(tokens)
     _nonempty(ids, "text infilling")
@@ -167,7 +199,22 @@ def text_infilling(tokens, rng: np.random.Generator, *, mask_id: int, ratio: flo
     at = np.concatenate([[0], np.cumsum(keep)])[bounds[starts]]
     values = _replacements(rng, len(starts), mask_id=mask_id, random_ratio=random_ratio,
                            vocab_size=vocab_size, special_ids=special_ids)
-    return np.insert(kept, at, values), ids
+    origin = np.insert(np.flatnonzero(keep), at, -1)
+    return np.insert(kept, at, values), ids, origin
+
+
+def text_infilling(tokens, rng: np.random.Generator, *, mask_id: int, ratio: float = 0.3,
+                   poisson_lambda: float = 3.0, word_starts=None, random_ratio: float = 0.0,
+                   vocab_size: int | None = None, special_ids: Iterable[int] = (),
+                   return_hidden: bool = False):
+    """Spans covering ceil(n * ratio) tokens (words, with `word_starts`) with lengths ~
+    Poisson(poisson_lambda), each replaced by one [MASK]; zero-length spans insert one.
+    `return_hidden`: also the bool mask of the tokens the spans removed."""
+    out, ids, origin = _text_infilling(tokens, rng, mask_id=mask_id, ratio=ratio,
+                                       poisson_lambda=poisson_lambda, word_starts=word_starts,
+                                       random_ratio=random_ratio, vocab_size=vocab_size,
+                                       special_ids=special_ids)
+    return (out, ids, hidden_positions(origin, len(ids))) if return_hidden else (out, ids)
 
 
 # -- sentence permutation and document rotation -------------------------------------------
@@ -205,8 +252,13 @@ def document_rotation(tokens, rng: np.random.Generator):
     """Rotate so that a uniformly chosen token starts the document (tokens[k:] +
     tokens[:k], k uniform in [0, n))."""
     ids = as_ids(tokens)
+    return np.roll(ids, -_rotation_start(ids, rng)), ids
+
+
+def _rotation_start(ids: np.ndarray, rng: np.random.Generator) -> int:
+    """The token document rotation puts first (its one draw)."""
     _nonempty(ids, "document rotation")
-    return np.roll(ids, -int(rng.integers(len(ids)))), ids
+    return int(rng.integers(len(ids)))
 
 
 # -- the combination -------------------------------------------------------------------------
@@ -228,37 +280,54 @@ def bart_noise(
     word_starts=None,
     vocab_size: int | None = None,
     special_ids: Iterable[int] = (),
+    max_len: int | None = None,
+    return_hidden: bool = False,
 ):
     """Any combination of BART's noises; the defaults are BART's preset (text infilling of
     30% of the tokens with Poisson(3) spans, plus sentence permutation).
 
     `mask`: "infill", "token" (token masking), "delete" (token deletion) or None. Order
     as fairseq: permute sentences, then mask, then rotate. Sentence boundaries come from
-    `ends` or `stop_ids`; `word_starts` makes infilling work on whole words.
+    `ends` or `stop_ids`; `word_starts` makes infilling work on whole words. `max_len`
+    cuts the encoder input to its first max_len tokens (last, after rotation).
+
+    `return_hidden`: returns (encoder input, target, hidden), hidden[j] True where the
+    input does not show target token j: it was masked (or replaced by a random token) or
+    deleted or removed by a span, or its copy was cut by max_len. Permutation and rotation
+    move tokens and hide none. The same draws are made either way.
     """
     if mask not in (*MASK_KINDS, None):
         raise ConfigError(f"mask must be one of {', '.join(MASK_KINDS)} or None, got {mask!r}")
     ids = as_ids(tokens)
     _nonempty(ids, "BART noising")
     src = ids
+    origin = np.arange(len(ids))  # the target position each src token shows (-1: none)
     ws = None if word_starts is None else np.asarray(word_starts, dtype=bool)
     if ws is not None and ws.shape != ids.shape:
         raise DataError(f"word_starts has shape {ws.shape}, tokens {ids.shape}")
     if permute_sentences:
         order = permutation_order(_sentence_bounds(ids, ends, stop_ids), rng)
         src = src[order]
+        origin = origin[order]
         ws = None if ws is None else ws[order]
     if mask == "infill":
-        src, _ = text_infilling(src, rng, mask_id=mask_id, ratio=mask_ratio,
-                                poisson_lambda=poisson_lambda, word_starts=ws,
-                                random_ratio=random_ratio, vocab_size=vocab_size,
-                                special_ids=special_ids)
+        src, _, at = _text_infilling(src, rng, mask_id=mask_id, ratio=mask_ratio,
+                                     poisson_lambda=poisson_lambda, word_starts=ws,
+                                     random_ratio=random_ratio, vocab_size=vocab_size,
+                                     special_ids=special_ids)
     elif mask == "token":
-        src, _ = token_masking(src, rng, mask_id=mask_id, ratio=mask_ratio,
-                               random_ratio=random_ratio, vocab_size=vocab_size,
-                               special_ids=special_ids)
+        src, _, at = _token_masking(src, rng, mask_id=mask_id, ratio=mask_ratio,
+                                    random_ratio=random_ratio, vocab_size=vocab_size,
+                                    special_ids=special_ids)
     elif mask == "delete":
-        src, _ = token_deletion(src, rng, ratio=mask_ratio)
+        src, _, at = _token_deletion(src, rng, ratio=mask_ratio)
+    if mask is not None:  # `at`: positions in the (permuted) input the masking read
+        origin = np.where(at >= 0, origin[np.maximum(at, 0)], -1)
     if rotate:
-        src, _ = document_rotation(src, rng)
+        k = _rotation_start(src, rng)
+        src, origin = np.roll(src, -k), np.roll(origin, -k)
+    if max_len is not None:
+        src, origin = src[:max_len], origin[:max_len]
+    if return_hidden:
+        return src, ids, hidden_positions(origin, len(ids))
     return src, ids

@@ -19,7 +19,10 @@ reads the corrupted input:
 The loss is returned as a sum with its count N (see clm.py); `evaluate` adds token
 accuracy, the share of target tokens whose argmax prediction is right. exp(loss) is not
 reported: a reconstruction loss (mostly copying, for BART) is not a language model's
-perplexity.
+perplexity. Because ~70% of BART's target is visible in its input, BART's batches carry a
+`hidden` (B, T) mask of the target tokens the noised input does not show (removed by
+infilling, masked, deleted), and `evaluate` adds infill_loss / infill_acc over those
+alone, as T5 adds span_loss / span_acc: the numbers to set beside the unigram loss.
 
 Corruption is seeded per window from (seed, draw, the window's contents): `draw=None`
 (evaluation) gives the same corruption of a window every time, `draw=step` a fresh one
@@ -98,16 +101,26 @@ class _Denoising(Objective):
 
     def prepare(self, raw, draw: int | None = None) -> dict[str, Tensor]:
         """(B, window_len) raw windows -> input_ids, attention_mask, decoder_input_ids,
-        targets (see `seq2seq_batch`)."""
+        targets (see `seq2seq_batch`); with a `corrupt_hidden` (BART: corrupt's pair and
+        a bool mask over the target, True where the input does not show the token) also
+        "hidden" (B, T) bool, aligned with targets, False on padding."""
         if isinstance(raw, Tensor):
             raw = raw.cpu().numpy()
         raw = np.asarray(raw, dtype=np.int64)
         if raw.ndim != 2:
             raise ValueError(f"expected a (batch, window) token array, got {raw.shape}")
-        pairs = [self.corrupt(row, rng) for row, rng in zip(raw, self.rngs(raw, draw))]
-        return seq2seq_batch([s for s, _ in pairs], [t for _, t in pairs],
-                             pad_id=self.pad_id, decoder_start_id=self.decoder_start_id,
-                             source_len=self.source_len(raw.shape[1]))
+        marked = getattr(self, "corrupt_hidden", None)
+        rows = [marked(row, rng) if marked else (*self.corrupt(row, rng), None)
+                for row, rng in zip(raw, self.rngs(raw, draw))]
+        batch = seq2seq_batch([s for s, _, _ in rows], [t for _, t, _ in rows],
+                              pad_id=self.pad_id, decoder_start_id=self.decoder_start_id,
+                              source_len=self.source_len(raw.shape[1]))
+        if rows and all(h is not None for _, _, h in rows):
+            hidden = torch.zeros(batch["targets"].shape, dtype=torch.bool)
+            for b, (_, _, h) in enumerate(rows):
+                hidden[b, : len(h)] = torch.from_numpy(np.asarray(h, dtype=bool))
+            batch["hidden"] = hidden
+        return batch
 
     def source_len(self, window: int) -> int | None:
         return None
@@ -244,17 +257,41 @@ class BartDenoising(_Denoising):
         """(<s> noise(window) </s>, <s> window </s>); an input longer than the target
         (only when zero-length spans insert more <mask>s than spans remove tokens: rare)
         is cut to its length, </s> kept last."""
+        src, tgt, _ = self.corrupt_hidden(window, rng)
+        return src, tgt
+
+    def corrupt_hidden(self, window: np.ndarray, rng: np.random.Generator):
+        """`corrupt`, and the bool mask over <s> window </s> of the tokens the input does
+        not show (<s> and </s> never hidden; see bart_noise's return_hidden)."""
         ws = None if self.tokenizer is None else word_starts(window, self.tokenizer)
-        src, tgt = bart_noise(
+        src, tgt, hidden = bart_noise(
             window, rng, mask_id=self.mask_id, mask=self.mask, mask_ratio=self.mask_ratio,
             poisson_lambda=self.poisson_lambda, random_ratio=self.random_ratio,
             permute_sentences=self.permute_sentences, rotate=self.rotate,
             stop_ids=self.stop_ids, word_starts=ws, vocab_size=self.vocab_size,
-            special_ids=self.special_ids,
+            special_ids=self.special_ids, max_len=len(window), return_hidden=True,
         )  # fmt: skip
-        src = src[: len(window)]
         return (np.concatenate([[self.bos_id], src, [self.eos_id]]),
-                np.concatenate([[self.bos_id], tgt, [self.eos_id]]))
+                np.concatenate([[self.bos_id], tgt, [self.eos_id]]),
+                np.concatenate([[False], hidden, [False]]))
+
+    def evaluate(self, model, batch: dict[str, Tensor]) -> dict[str, tuple[float, float]]:
+        """Adds "infill_loss" / "infill_acc" over the target tokens the encoder input does
+        not show (batch["hidden"]: removed by infilling, masked, deleted), which the model
+        must infer rather than copy: the number to set beside the unigram loss. A batch
+        without "hidden" (not made by `prepare`) gets loss and acc only."""
+        logits = self.logits(model, batch)
+        targets = batch["targets"]
+        loss, n = clm_loss(logits, targets)
+        valid = targets != IGNORE
+        hits = (logits.argmax(-1) == targets) & valid
+        stats = {"loss": (float(loss.detach()), n), "acc": (float(hits.sum()), n)}
+        if "hidden" in batch:
+            hidden = torch.where(batch["hidden"].to(targets.device) & valid, targets, IGNORE)
+            infill_loss, n_infill = clm_loss(logits, hidden)
+            stats["infill_loss"] = (float(infill_loss.detach()), n_infill)
+            stats["infill_acc"] = (float((hits & (hidden != IGNORE)).sum()), n_infill)
+        return stats
 
 
 # -- T5 --------------------------------------------------------------------------------------
@@ -320,6 +357,23 @@ class T5SpanCorruption(_Denoising):
 
     def target_len(self, seq_len: int) -> int:
         return self._lengths(seq_len)[1]
+
+    def evaluate(self, model, batch: dict[str, Tensor]) -> dict[str, tuple[float, float]]:
+        """Adds "span_loss" / "span_acc": the hidden tokens alone, without the sentinels and
+        </s> (which the input's sentinels give away): the number to set beside the unigram
+        loss."""
+        logits = self.logits(model, batch)
+        targets = batch["targets"]
+        loss, n = clm_loss(logits, targets)
+        valid = targets != IGNORE
+        hits = (logits.argmax(-1) == targets) & valid
+        markers = torch.tensor([*self.sentinel_ids, self.eos_id], device=targets.device)
+        hidden = torch.where(valid & ~torch.isin(targets, markers), targets, IGNORE)
+        span_loss, n_span = clm_loss(logits, hidden)
+        span_hits = hits & (hidden != IGNORE)
+        return {"loss": (float(loss.detach()), n), "acc": (float(hits.sum()), n),
+                "span_loss": (float(span_loss.detach()), n_span),
+                "span_acc": (float(span_hits.sum()), n_span)}
 
     def corrupt(self, window: np.ndarray, rng: np.random.Generator):
         return span_corrupt(window, rng, self.sentinel_ids, self.eos_id,

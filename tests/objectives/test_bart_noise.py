@@ -244,3 +244,175 @@ def test_bad_input():
         bart_noise([5, 6], np.random.default_rng(0), mask_id=MASK, mask="span", ends=[1])
     with pytest.raises(ConfigError, match="vocab_size"):
         token_masking([5, 6], np.random.default_rng(0), mask_id=MASK, random_ratio=0.5)
+
+
+# -- hidden: the target positions the encoder input does not show ---------------------------
+
+
+def collapse(seq):
+    """Consecutive [MASK]s as one."""
+    out = []
+    for x in list(seq):
+        if not (x == MASK and out and out[-1] == MASK):
+            out.append(x)
+    return out
+
+
+def shown_as_masks(tgt, hidden, inserted_before=()):
+    """The target with each maximal run of hidden positions -> one [MASK], and a [MASK]
+    inserted before each position in `inserted_before` (zero-length spans)."""
+    out, zero = [], list(inserted_before)
+    for j, x in enumerate(tgt.tolist() + [None]):
+        out += [MASK] * zero.count(j)
+        if x is None:
+            break
+        if not hidden[j]:
+            out.append(x)
+        elif not (out and out[-1] == MASK):
+            out.append(MASK)
+    return out
+
+
+def test_hidden_infill_by_hand():
+    """Twelve tokens, seeds 0 and 3, no permutation: the masks and the hidden positions
+    written out (checked against infill_plan)."""
+    ids = np.arange(100, 112)
+    src, tgt, hidden = bart_noise(ids, np.random.default_rng(0), mask_id=MASK,
+                                  permute_sentences=False, return_hidden=True)
+    # spans (start, length): (0, 2), (2, 2), (9, 0): two spans in a row hide 100..103, a
+    # zero-length span inserts a [MASK] before 109 and hides nothing
+    assert src.tolist() == [MASK, MASK, 104, 105, 106, 107, 108, MASK, 109, 110, 111]
+    assert np.flatnonzero(hidden).tolist() == [0, 1, 2, 3] and hidden.dtype == bool
+    np.testing.assert_array_equal(tgt, ids)
+    src, _, hidden = bart_noise(ids, np.random.default_rng(3), mask_id=MASK,
+                                permute_sentences=False, return_hidden=True)
+    # spans (3, 1), (4, 1), (7, 2)
+    assert src.tolist() == [100, 101, 102, MASK, MASK, 105, 106, MASK, 109, 110, 111]
+    assert np.flatnonzero(hidden).tolist() == [3, 4, 7, 8]
+
+
+@pytest.mark.parametrize("n, ratio, lam", [(12, 0.3, 3.0), (40, 0.3, 3.0), (7, 0.5, 1.0),
+                                           (60, 0.15, 0.5)])
+def test_hidden_infill_reconstructs_the_source(n, ratio, lam):
+    ids = 1000 + np.arange(n)
+    for seed in range(40):
+        src, tgt, hidden = bart_noise(ids, np.random.default_rng(seed), mask_id=MASK,
+                                      mask_ratio=ratio, poisson_lambda=lam,
+                                      permute_sentences=False, return_hidden=True)
+        starts, lengths = infill_plan(n, np.random.default_rng(seed), ratio=ratio,
+                                      poisson_lambda=lam)
+        covered = np.zeros(n, bool)
+        for s, length in zip(starts, lengths):
+            covered[s : s + length] = True
+        np.testing.assert_array_equal(hidden, covered)  # exactly the spans' tokens
+        assert hidden.sum() == math.ceil(n * ratio)
+        # the shown tokens, in order, are the target's unhidden ones
+        assert src[src != MASK].tolist() == tgt[~hidden].tolist()
+        # hidden runs -> one [MASK] each, zero-length spans insert one: the source (spans
+        # next to each other give a [MASK] each, hence the collapse)
+        zero = starts[lengths == 0].tolist()
+        assert collapse(src) == collapse(shown_as_masks(tgt, hidden, zero))
+
+
+def test_hidden_with_permutation_is_over_the_original_positions():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(20, 30, 90)  # repeated tokens: the multiset is what can be checked
+    ids[rng.choice(90, 12, replace=False)] = DOT
+    for seed in range(30):
+        for mask in ("infill", "token", "delete"):
+            src, tgt, hidden = bart_noise(ids, np.random.default_rng(seed), mask_id=MASK,
+                                          mask=mask, stop_ids=[DOT], return_hidden=True)
+            np.testing.assert_array_equal(tgt, ids)
+            shown = src[src != MASK]
+            assert sorted(shown.tolist()) == sorted(tgt[~hidden].tolist())
+            assert hidden.sum() == math.ceil(90 * 0.3)
+            if mask == "token":
+                assert len(src) == 90 and (src == MASK).sum() == hidden.sum()
+            if mask == "delete":
+                assert len(src) == 90 - hidden.sum()
+    # distinct tokens: the permuted source's unmasked tokens are exactly the unhidden ones
+    ids = 1000 + np.arange(50)
+    for seed in range(20):
+        src, tgt, hidden = bart_noise(ids, np.random.default_rng(seed), mask_id=MASK,
+                                      ends=[7, 19, 30, 41], return_hidden=True)
+        assert set(src[src != MASK].tolist()) == set(tgt[~hidden].tolist())
+        assert len(src[src != MASK]) == (~hidden).sum()
+
+
+def test_hidden_token_masking_and_deletion_in_place():
+    ids = 1000 + np.arange(33)
+    for seed in range(20):
+        src, tgt, hidden = bart_noise(ids, np.random.default_rng(seed), mask_id=MASK,
+                                      mask="token", permute_sentences=False,
+                                      return_hidden=True)
+        np.testing.assert_array_equal(src == MASK, hidden)  # masked where hidden, in place
+        np.testing.assert_array_equal(src[~hidden], tgt[~hidden])
+        src, tgt, hidden = bart_noise(ids, np.random.default_rng(seed), mask_id=MASK,
+                                      mask="delete", permute_sentences=False,
+                                      return_hidden=True)
+        assert src.tolist() == tgt[~hidden].tolist() and hidden.sum() == math.ceil(33 * 0.3)
+        # random replacement hides the replaced tokens too
+        src, tgt, hidden = bart_noise(ids, np.random.default_rng(seed), mask_id=MASK,
+                                      mask="token", permute_sentences=False, random_ratio=1.0,
+                                      vocab_size=50, special_ids=[0, 1, 2], return_hidden=True)
+        assert hidden.sum() == math.ceil(33 * 0.3) and (src[hidden] < 50).all()
+        np.testing.assert_array_equal(src[~hidden], tgt[~hidden])
+    # no masking hides nothing, permuted or rotated
+    src, tgt, hidden = bart_noise(ids, np.random.default_rng(0), mask_id=MASK, mask=None,
+                                  ends=[10, 20], rotate=True, return_hidden=True)
+    assert not hidden.any() and sorted(src.tolist()) == tgt.tolist()
+
+
+def test_hidden_rotation_and_cut():
+    """Rotation moves tokens and hides none; max_len hides the tokens it cuts. Poisson
+    lambda 0.1: mostly zero-length spans, so the source outgrows the target and is cut."""
+    ids = 1000 + np.arange(10)
+    cut = 0
+    for seed in range(60):
+        full, _, h_full = bart_noise(ids, np.random.default_rng(seed), mask_id=MASK,
+                                     poisson_lambda=0.1, ends=[4], rotate=True,
+                                     return_hidden=True)
+        assert h_full.sum() == 3
+        src, tgt, hidden = bart_noise(ids, np.random.default_rng(seed), mask_id=MASK,
+                                      poisson_lambda=0.1, ends=[4], rotate=True, max_len=10,
+                                      return_hidden=True)
+        np.testing.assert_array_equal(src, full[:10])
+        assert set(src[src != MASK].tolist()) == set(tgt[~hidden].tolist())
+        assert (hidden >= h_full).all()
+        cut += int(hidden.sum() - h_full.sum())
+    assert cut > 5  # some kept tokens were cut away, and counted as hidden
+
+
+def rng_state(rng):
+    return rng.bit_generator.state["state"]
+
+
+@pytest.mark.parametrize("kw", [
+    {}, {"rotate": True}, {"mask": "token", "random_ratio": 0.3, "vocab_size": 60},
+    {"mask": "delete"}, {"mask": None, "rotate": True}, {"permute_sentences": False},
+    {"random_ratio": 0.5, "vocab_size": 60, "poisson_lambda": 1.5}, {"max_len": 40},
+])
+def test_return_hidden_leaves_outputs_and_stream_alone(kw):
+    ids = np.array([20 + (i % 30) if i % 7 else DOT for i in range(1, 60)])
+    ws = np.arange(len(ids)) % 2 == 0
+    for seed in range(10):
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        src, tgt = bart_noise(ids, a, mask_id=MASK, stop_ids=[DOT], word_starts=ws, **kw)
+        src2, tgt2, hidden = bart_noise(ids, b, mask_id=MASK, stop_ids=[DOT], word_starts=ws,
+                                        return_hidden=True, **kw)
+        np.testing.assert_array_equal(src, src2)
+        np.testing.assert_array_equal(tgt, tgt2)
+        assert rng_state(a) == rng_state(b) and a.random() == b.random()
+        assert hidden.shape == ids.shape
+    # and the public masking functions
+    for fn, kw in ((text_infilling, {"mask_id": MASK, "word_starts": ws}),
+                   (token_masking, {"mask_id": MASK}), (token_deletion, {})):
+        a, b = np.random.default_rng(3), np.random.default_rng(3)
+        out = fn(ids, a, **kw)
+        out2 = fn(ids, b, return_hidden=True, **kw)
+        np.testing.assert_array_equal(out[0], out2[0])
+        assert rng_state(a) == rng_state(b) and len(out2) == 3
+        src, tgt, hidden = out2
+        assert src[src != MASK].tolist() == tgt[~hidden].tolist()  # in order: no permutation
+        if fn is not text_infilling:  # (infilling hides whole words: 30% of the words)
+            assert hidden.sum() == math.ceil(len(ids) * 0.3)

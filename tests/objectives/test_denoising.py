@@ -123,6 +123,87 @@ def test_bart_noise_keys_reach_the_pure_function(bart_tok):
     assert (deleted["attention_mask"].sum(1) == 2 + 30 - math.ceil(30 * 0.3)).all()
 
 
+def test_bart_batch_marks_the_hidden_target_tokens(bart_tok):
+    """batch["hidden"] is bart_noise's hidden mask inside <s> ... </s>: never <s>, </s> or
+    padding; the tokens it leaves are exactly those the encoder input shows."""
+    obj = bart(bart_tok)
+    raw = windows(bart_tok, 4, obj.window_len(40))
+    batch = obj.prepare(raw, draw=5)
+    hidden, targets = batch["hidden"], batch["targets"]
+    assert hidden.dtype == torch.bool and hidden.shape == targets.shape
+    assert not hidden[:, 0].any() and not hidden[:, -1].any()  # <s>, </s>
+    stops = [*stop_token_ids(bart_tok), bart_tok.eos_id]
+    for b, row in enumerate(raw):
+        rng = make_rng(7, 5, sequence_key(row), stream="bart/dynamic")
+        _, _, h = bart_noise(row, rng, mask_id=bart_tok.mask_id, stop_ids=stops,
+                             word_starts=byte_level_word_starts(row, bart_tok),
+                             return_hidden=True)
+        assert hidden[b, 1:-1].tolist() == h.tolist()
+        src = batch["input_ids"][b][batch["attention_mask"][b] == 1][1:-1]
+        shown = src[src != bart_tok.mask_id]
+        assert sorted(shown.tolist()) == sorted(targets[b][1:-1][~hidden[b, 1:-1]].tolist())
+    # whole words, 30% of them (counts checked in test_bart_noise.py)
+    assert ((hidden.sum(1) > 0) & (hidden.sum(1) < 38)).all()
+    # the batch still trains: loss reads only what it needs
+    assert obj.num_targets(batch) == 4 * 40
+    # corrupt is corrupt_hidden without the mask: the same pair from the same generator
+    for row in raw[:2]:
+        src, tgt = obj.corrupt(row, np.random.default_rng(0))
+        src2, tgt2, h = obj.corrupt_hidden(row, np.random.default_rng(0))
+        assert src.tolist() == src2.tolist() and tgt.tolist() == tgt2.tolist()
+        assert len(h) == len(tgt) and not h[0] and not h[-1]
+
+
+def test_bart_infill_statistics_by_hand(bart_tok):
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny-bart", bart_tok)).eval()
+    obj = bart(bart_tok)
+    batch = obj.prepare(windows(bart_tok, 3, obj.window_len(24)))  # draw=None, as evals
+    # a padded row, cut just after its first hidden token: hidden tokens in the tail
+    # never count
+    t0 = int(batch["hidden"][2].nonzero()[0])
+    assert batch["hidden"][2, t0 + 1 :].any()
+    batch["targets"][2, t0 + 1 :] = IGNORE
+    with torch.no_grad():
+        stats = obj.evaluate(model, batch)
+        logits = obj.logits(model, batch)
+    logp = logits.float().log_softmax(-1)
+    where = [(b, t) for b in range(3) for t in range(24)
+             if batch["hidden"][b, t] and batch["targets"][b, t] != IGNORE]
+    by_hand = -sum(float(logp[b, t, batch["targets"][b, t]]) for b, t in where)
+    hits = sum(int(logits[b, t].argmax() == batch["targets"][b, t]) for b, t in where)
+    assert stats["infill_loss"][1] == stats["infill_acc"][1] == len(where)
+    assert stats["infill_loss"][0] == pytest.approx(by_hand, rel=1e-5)
+    assert stats["infill_acc"][0] == hits
+    assert 0 < len(where) < stats["loss"][1] == 3 * 24 - (23 - t0)
+    assert len(where) < int(batch["hidden"].sum())  # some hidden tokens were in the cut tail
+    # loss and acc are as before (the plain sum over every target token)
+    with torch.no_grad():
+        loss, n = obj.loss(model, batch)
+    assert stats["loss"] == (pytest.approx(float(loss)), n)
+    # a batch without "hidden" (made by hand) gets loss and acc only
+    plain = {k: v for k, v in batch.items() if k != "hidden"}
+    with torch.no_grad():
+        assert set(obj.evaluate(model, plain)) == {"loss", "acc"}
+
+
+def test_bart_eval_reports_infill_loss(bart_tok):
+    """The trainer's evaluation averages infill loss over the hidden tokens of all batches
+    (the log prints it as "infill loss ...")."""
+    from lmforge.training.trainer import evaluate
+
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny-bart", bart_tok))
+    obj = bart(bart_tok)
+    raws = [windows(bart_tok, 2, obj.window_len(24), offset=o) for o in (0, 50)]
+    out = evaluate(obj, model, raws, torch.device("cpu"))
+    sums = [obj.evaluate(model, obj.prepare(r)) for r in raws]
+    total = sum(s["infill_loss"][0] for s in sums)
+    count = sum(s["infill_loss"][1] for s in sums)
+    assert out["val_infill_loss"] == pytest.approx(total / count, rel=1e-6)
+    assert 0 <= out["val_infill_acc"] <= 1 and out["val_tokens"] == 4 * 24 > count
+
+
 # -- T5 --------------------------------------------------------------------------------------
 
 
@@ -198,6 +279,28 @@ def test_evaluate_counts_right_argmax_predictions(t5_tok):
     assert stats["acc"] == (3.0, 6)
     assert stats["loss"][0] == pytest.approx(float(obj.loss(model, batch)[0].detach()))
     assert stats["loss"][1] == 6
+
+
+def test_t5_span_statistics_leave_out_sentinels_and_eos(t5_tok):
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny-t5", t5_tok)).eval()
+    obj = t5(t5_tok)
+    batch = padded_batch(t5_tok)
+    with torch.no_grad():
+        logits = obj.logits(model, batch)
+    pred = logits.argmax(-1)
+    x, eos = obj.sentinel_ids[0], obj.eos_id
+    # row 0: <X> a b </s> ... ; row 1: <X> c, the rest padding
+    targets = torch.full_like(pred, IGNORE)
+    targets[0, :4] = torch.tensor([x, int(pred[0, 1]), (int(pred[0, 2]) + 1) % 50 + 5, eos])
+    targets[1, :2] = torch.tensor([x, int(pred[1, 1])])
+    batch["targets"] = targets
+    stats = obj.evaluate(model, batch)
+    assert stats["loss"][1] == 6 and stats["span_loss"][1] == 3
+    assert stats["span_acc"] == (2.0, 3)  # a and c right, b wrong
+    logp = logits.float().log_softmax(-1)
+    by_hand = -(logp[0, 1, targets[0, 1]] + logp[0, 2, targets[0, 2]] + logp[1, 1, targets[1, 1]])
+    assert stats["span_loss"][0] == pytest.approx(float(by_hand), rel=1e-5)
 
 
 # -- bad input -------------------------------------------------------------------------------
