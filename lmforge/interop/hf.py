@@ -701,6 +701,7 @@ def _encoder_config_to_hf(config: ModelConfig) -> dict[str, Any]:
 
     need(config.norm_position == "post" and not config.has_final_norm, "needs post-LN")
     need(config.norm == "layernorm" and config.ffn == "mlp", "needs LayerNorm and a plain FFN")
+    need(config.positions == "learned", "positions must be learned")
     need(config.bias and config.has_qkv_bias, "needs biases")
     need(config.kv_heads == config.n_head, "no grouped-query attention")
     need(config.head_size * config.n_head == config.d_model, "head_dim * n_head == d_model")
@@ -750,7 +751,7 @@ def hf_architecture(config: ModelConfig) -> str:
     if config.arch == "xlnet":
         return hf_xlnet.ARCHITECTURE
     if config.arch == "seq2seq":
-        if config.relative_attention_num_buckets:
+        if config.relative_attention_num_buckets or config.family == "t5":
             return "T5ForConditionalGeneration"
         return "BartForConditionalGeneration"
     family = config.family
@@ -954,6 +955,7 @@ def _seq2seq_config_to_hf(config: ModelConfig) -> dict[str, Any]:
         need(not config.has_final_norm and config.embed_norm, "needs layernorm_embedding only")
         need(config.position_offset == 2 and config.bias and config.ffn == "mlp", "BART layout")
         need(config.final_logits_bias and config.scale_attention, "BART layout")
+        need(config.positions == "learned", "positions must be learned")
         return {
             "architectures": [arch], "model_type": "bart", "vocab_size": config.vocab_size,
             "max_position_embeddings": config.max_seq_len, "d_model": config.d_model,
@@ -967,6 +969,8 @@ def _seq2seq_config_to_hf(config: ModelConfig) -> dict[str, Any]:
             "activation_dropout": 0.0, "is_encoder_decoder": True, **ids,
         }  # fmt: skip
     need(config.norm == "rmsnorm" and config.norm_position == "pre", "needs pre-RMSNorm")
+    need(config.positions == "none" and config.relative_attention_num_buckets > 0,
+         "positions must be T5's relative bias")  # fmt: skip
     need(not config.bias and not config.scale_attention, "T5 has no biases, no 1/sqrt(hs)")
     need(config.tie_embeddings or not config.scale_decoder_outputs, "rescale needs a tied head")
     need(config.decoder_heads == config.n_head and config.decoder_ffn_size == config.ffn_size,

@@ -179,6 +179,11 @@ class ModelConfig:
             )
         if self.positions == "rope" and self.head_size % 2:
             raise ConfigError(f"model.head_dim: RoPE needs an even head size, got {self.head_size}")
+        if self.positions == "rope" and self.arch == "seq2seq" and self.decoder_head_size % 2:
+            raise ConfigError(
+                f"model.n_decoder_head: RoPE needs an even decoder head size, "
+                f"got {self.decoder_head_size}"
+            )
         if self.positions == "sinusoidal" and self.d_model % 2:
             raise ConfigError(
                 f"model.d_model: sinusoidal positions need an even size, got {self.d_model}"
@@ -245,10 +250,10 @@ class ModelConfig:
                 raise ConfigError("model.positions: T5 relative bias needs positions=none")
             if buckets:
                 positive("relative_attention_max_distance")
-            if self.positions not in ("learned", "none"):
+            if self.positions not in ("learned", "none", "rope"):
                 raise ConfigError(
-                    f"model.positions: encoder-decoders use learned positions or a relative "
-                    f"bias (none), got {self.positions!r}"
+                    f"model.positions: encoder-decoders use learned positions, rope or a "
+                    f"relative bias (none), got {self.positions!r}"
                 )
             if self.decoder_start_token_id is None:
                 raise ConfigError("model.decoder_start_token_id: required for arch=seq2seq")
@@ -263,11 +268,23 @@ class ModelConfig:
             positive("mem_len")
         if self.arch == "xlnet" and self.positions != "none":
             raise ConfigError("model.positions: XLNet uses relative positions (positions=none)")
-        if self.arch == "encoder" and self.positions != "learned" and not (
+        if self.arch == "encoder" and self.positions not in ("learned", "rope") and not (
                 self.attention == "disentangled" and self.positions == "none"):
             raise ConfigError(
-                f"model.positions: encoders use learned positions, got {self.positions!r}"
+                f"model.positions: encoders use learned or rope positions, got {self.positions!r}"
             )
+        if self.arch == "encoder" and self.positions == "rope" and (
+                self.attention == "disentangled" or self.position_offset is not None):
+            raise ConfigError("model.positions: rope encoders take no disentangled attention "
+                              "and no position_offset")
+        special = "XLNet" if self.arch == "xlnet" else (
+            "DeBERTa" if self.attention == "disentangled" else None)  # their own blocks
+        if special and self.norm_position == "pre":
+            raise ConfigError(f"model.norm_position: {special}'s blocks are post-LN (pre-LN is "
+                              f"not built for them)")
+        if self.qk_norm and (special or self.arch == "seq2seq"):
+            raise ConfigError(f"model.qk_norm: built for the self-attention of encoders and "
+                              f"decoders only, not for {special or 'encoder-decoders'}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: expected a number in [0, 1), got {self.dropout!r}")
         for name in ("norm_eps", "init_std", "rope_theta", "initializer_factor"):

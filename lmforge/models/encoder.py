@@ -46,6 +46,7 @@ from .layers import (
     Block,
     KVCache,
     LayerNorm,
+    RotaryEmbedding,
     attention_mask_4d,
     init_normal_,
     make_norm,
@@ -81,6 +82,9 @@ class Encoder(nn.Module):
         # DeBERTa v2 / v3 add no absolute positions to the input; the EMD still reads them
         has_pos = config.positions == "learned" or config.emd
         self.pos_embed = nn.Embedding(config.max_seq_len, E) if has_pos else None
+        # ModernBERT-style: rotary positions in every attention layer instead of a table
+        self.rope = (RotaryEmbedding(config.head_size, config.rope_theta, config.rope_scaling)
+                     if config.positions == "rope" and not self.deberta else None)
         n_types = config.type_vocab_size
         self.type_embed = nn.Embedding(n_types, E) if n_types else None
         # DeBERTa normalizes after the projection (over d), BERT-style models before it (E)
@@ -128,7 +132,9 @@ class Encoder(nn.Module):
             self.mlm_head.decoder.tie(self.tok_embed)
 
     def reset_buffers(self) -> None:
-        """Nothing to recompute (no RoPE / sinusoid tables); here for `load_hf`'s protocol."""
+        """Recompute the RoPE frequencies (after loading on the meta device)."""
+        if self.rope is not None:
+            self.rope.reset_buffers(self.tok_embed.weight.device)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameter count; tied and shared weights count once. `non_embedding` leaves out
@@ -236,7 +242,8 @@ class Encoder(nn.Module):
                                              position_ids, inputs_embeds, emd)
 
         x = self.tok_embed(input_ids) if inputs_embeds is None else inputs_embeds
-        x = x + self.pos_embed(position_ids)  # (B, T, E)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(position_ids)  # (B, T, E)
         if self.type_embed is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros((B, T), dtype=torch.long, device=x.device)
@@ -246,14 +253,17 @@ class Encoder(nn.Module):
             x = self.embed_proj(x)  # (B, T, d)
         # Bidirectional: every token sees every real token, before and after it.
         mask, _ = attention_mask_4d(attention_mask, 0, T, x.device, causal=False)
+        rope = None
+        if self.rope is not None:
+            rope = self.rope(position_ids.expand(B, T), x.dtype)
 
         for i in range(config.n_layer):
             block = self.blocks[0 if config.share_layers else i]
             cache = past_key_values.layers[i] if past_key_values is not None else None
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, mask, False, None, cache, use_reentrant=False)
+                x = checkpoint(block, x, mask, False, rope, cache, use_reentrant=False)
             else:
-                x = block(x, mask, False, None, cache)
+                x = block(x, mask, False, rope, cache)
         return self.norm_out(x)
 
     def _encode_disentangled(self, input_ids, attention_mask, token_type_ids, position_ids,

@@ -15,6 +15,9 @@ The families differ only in `ModelConfig` flags:
     t5      relative bias        RMSNorm (pre-LN)     no    none (in init)   ReLU         tied,
             (buckets, computed once per stack)                                            h*d^-0.5
     t5 v1.1 (t5)                                                             gated GELU   untied
+    positions="rope" (either family, not an HF layout): rotary q / k in every self-attention
+            of both stacks instead of learned positions or the relative bias; cross-attention
+            stays position-free (the memory's positions are already in its states)
 
     init    bart: every weight N(0, init_std).  t5 (scale_attention=False): per-role stds,
             as transformers' T5PreTrainedModel._init_weights (see `init_t5_weights`).
@@ -53,6 +56,7 @@ from .layers import (
     LayerNorm,
     RelativePositionBias,
     RMSNorm,
+    RotaryEmbedding,
     init_normal_,
     make_norm,
 )
@@ -127,12 +131,13 @@ class DecoderBlock(nn.Module):
             gated=config.ffn == "gated", bias=config.bias, dropout=config.dropout,
         )  # fmt: skip
 
-    def forward(self, x, memory, self_mask, cross_mask, self_cache=None, cross_cache=None):
+    def forward(self, x, memory, self_mask, cross_mask, self_cache=None, cross_cache=None,
+                rope=None):  # fmt: skip
         if self.pre_norm:
-            x = x + self.attn(self.attn_norm(x), self_mask, cache=self_cache)
+            x = x + self.attn(self.attn_norm(x), self_mask, False, rope, self_cache)
             x = x + self.cross(self.cross_norm(x), memory, cross_mask, cross_cache)
             return x + self.ffn(self.ffn_norm(x))
-        x = self.attn_norm(x + self.attn(x, self_mask, cache=self_cache))
+        x = self.attn_norm(x + self.attn(x, self_mask, False, rope, self_cache))
         x = self.cross_norm(x + self.cross(x, memory, cross_mask, cross_cache))
         return self.ffn_norm(x + self.ffn(x))
 
@@ -149,6 +154,11 @@ class Seq2Seq(nn.Module):
         n_pos = config.max_seq_len + self.offset
         self.enc_pos = nn.Embedding(n_pos, d) if learned else None
         self.dec_pos = nn.Embedding(n_pos, d) if learned else None
+        self.enc_rope = self.dec_rope = None
+        if config.positions == "rope":  # the stacks' head sizes may differ (BART)
+            args = (config.rope_theta, config.rope_scaling)
+            self.enc_rope = RotaryEmbedding(config.head_size, *args)
+            self.dec_rope = RotaryEmbedding(config.decoder_head_size, *args)
         self.enc_embed_norm = LayerNorm(d, config.norm_eps) if config.embed_norm else None
         self.dec_embed_norm = LayerNorm(d, config.norm_eps) if config.embed_norm else None
         self.enc_rel_bias = self.dec_rel_bias = None
@@ -240,7 +250,11 @@ class Seq2Seq(nn.Module):
             self.lm_head.tie(self.tok_embed)
 
     def reset_buffers(self) -> None:
-        """`logits_bias` is persistent and loaded with the weights; nothing to recompute."""
+        """Recompute the RoPE frequencies (after loading on the meta device); `logits_bias`
+        is persistent and loaded with the weights."""
+        for rope in (self.enc_rope, self.dec_rope):
+            if rope is not None:
+                rope.reset_buffers(self.tok_embed.weight.device)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameter count; tied weights count once. `non_embedding` leaves out the token
@@ -279,11 +293,14 @@ class Seq2Seq(nn.Module):
             allowed = attention_mask[:, None, None, :].bool()  # (B, 1, 1, S): real keys
         bias = self.enc_rel_bias(0, S, S, x.device) if self.enc_rel_bias is not None else None
         mask = additive_mask(allowed, bias, x.dtype)
+        rope = None
+        if self.enc_rope is not None:
+            rope = self.enc_rope(torch.arange(S, device=x.device)[None], x.dtype)
         for block in self.encoder_blocks:
             if self.config.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, mask, use_reentrant=False)
+                x = checkpoint(block, x, mask, False, rope, use_reentrant=False)
             else:
-                x = block(x, mask)
+                x = block(x, mask, False, rope)
         return EncoderOutput(last_hidden_state=self.enc_norm_out(x))
 
     def decode(
@@ -314,10 +331,13 @@ class Seq2Seq(nn.Module):
         if attention_mask is not None and not bool(attention_mask.all()):
             cross_allowed = attention_mask[:, None, None, :].bool()  # (B, 1, 1, S_src)
         cross_mask = additive_mask(cross_allowed, None, x.dtype)
+        rope = None
+        if self.dec_rope is not None:
+            rope = self.dec_rope(torch.arange(past, S, device=x.device)[None], x.dtype)
         for i, block in enumerate(self.decoder_blocks):
             self_cache = cache.self_attn.layers[i] if cache is not None else None
             cross_cache = cache.cross_attn.layers[i] if cache is not None else None
-            args = (x, memory, self_mask, cross_mask, self_cache, cross_cache)
+            args = (x, memory, self_mask, cross_mask, self_cache, cross_cache, rope)
             if self.config.gradient_checkpointing and self.training:
                 x = checkpoint(block, *args, use_reentrant=False)
             else:

@@ -135,6 +135,14 @@ def test_encoder_without_hf_class_is_refused(tmp_path):
         save_hf(build(config), tmp_path / "x")
 
 
+def test_rope_encoder_is_refused(tmp_path):
+    from lmforge.models import presets
+
+    with pytest.raises(CheckpointError, match="positions must be learned"):
+        save_hf(build(presets.get("tiny-bert", positions="rope")), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("name", ["tiny-bert", "tiny-roberta", "tiny-electra", "tiny-albert"])
 def test_config_round_trip_is_exact(name):
     from lmforge.interop.hf import config_from_hf, config_to_hf

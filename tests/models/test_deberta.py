@@ -160,6 +160,8 @@ def test_config_refusals():
         (dict(emd=True, embedding_size=32), "model.emd"),
         (dict(emd=True, n_layer=1), "model.emd"),
         (dict(attention="sparse"), "model.attention"),
+        (dict(norm_position="pre"), "DeBERTa's blocks are post-LN"),  # not silently ignored
+        (dict(qk_norm=True), "model.qk_norm"),
     ):
         with pytest.raises(ConfigError, match=fragment):
             base.replace(**change)

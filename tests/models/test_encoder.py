@@ -107,6 +107,23 @@ def test_pre_ln_option():
     assert not torch.allclose(_hidden(model, ids), _hidden(_model(), ids))
 
 
+def test_rope_encoder_sees_only_relative_positions():
+    # ModernBERT-style: no position table; q.k depends on positions through m - n only,
+    # so shifting every position id by the same amount leaves the outputs alone ...
+    model = _model(positions="rope", norm_position="pre")
+    assert model.pos_embed is None and model.rope is not None
+    ids = torch.randint(5, 256, (2, 8))
+    base = _hidden(model, ids)
+    shifted = _hidden(model, ids, position_ids=torch.arange(5, 13)[None])
+    assert (base - shifted).abs().max() < 1e-5
+    # ... while the order of the tokens still matters (a bag of words would not see it).
+    swapped = ids[:, [1, 0, *range(2, 8)]]
+    assert (base[:, 2:] - _hidden(model, swapped)[:, 2:]).abs().max() > 1e-4
+    learned = _model(norm_position="pre")
+    moved = _hidden(learned, ids, position_ids=torch.arange(5, 13)[None])
+    assert (_hidden(learned, ids) - moved).abs().max() > 1e-4
+
+
 def test_roberta_positions():
     ids = torch.tensor([[1, 1, 7, 8, 9], [7, 8, 1, 9, 1]])  # pad id 1
     assert roberta_positions(ids, 1).tolist() == [[1, 1, 2, 3, 4], [2, 3, 1, 4, 1]]
@@ -130,8 +147,10 @@ def test_bad_encoder_configs_are_refused():
         ModelConfig(**base, position_offset=2)  # no pad_token_id
     with pytest.raises(ConfigError, match="only applies to arch=encoder"):
         ModelConfig(share_layers=True)
-    with pytest.raises(ConfigError, match="learned positions"):
-        ModelConfig(**base, positions="rope")
+    with pytest.raises(ConfigError, match="learned or rope positions"):
+        ModelConfig(**base, positions="sinusoidal")
+    with pytest.raises(ConfigError, match="rope encoders"):
+        ModelConfig(**base, positions="rope", pad_token_id=1, position_offset=2)
     with pytest.raises(ConfigError, match="pooler"):
         build(ModelConfig(**base, encoder_head="mlm_nsp", pooler=False))
     with pytest.raises(ValueError, match="max_seq_len"):

@@ -7,12 +7,18 @@ from lmforge.errors import ConfigError
 from lmforge.models import ModelConfig, Seq2SeqCache, build, presets, shift_right
 from lmforge.models.layers import relative_position_bucket
 
-NAMES = ["tiny-bart", "tiny-t5", "tiny-t5-v1.1"]
+NAMES = ["tiny-bart", "tiny-t5", "tiny-t5-v1.1", "tiny-t5+rope", "tiny-bart+rope"]
+ROPE = dict(positions="rope", relative_attention_num_buckets=0)  # not HF layouts
+
+
+def _config(name):
+    base, _, rope = name.partition("+")
+    return presets.get(base).replace(**ROPE) if rope else presets.get(base)
 
 
 def _model(name):
     torch.manual_seed(0)
-    model = build(presets.get(name)).eval()
+    model = build(_config(name)).eval()
     with torch.no_grad():  # BART's logits bias starts at zero; make it count
         if model.logits_bias is not None:
             model.logits_bias.normal_()
@@ -126,6 +132,8 @@ def test_config_validation():
         base.replace(relative_attention_num_buckets=-1)
     with pytest.raises(ConfigError, match="n_decoder_layer"):
         base.replace(n_decoder_layer=0)
+    with pytest.raises(ConfigError, match="model.qk_norm"):  # the decoder would ignore it
+        base.replace(qk_norm=True)
     with pytest.raises(ConfigError, match="only applies to arch=seq2seq"):
         ModelConfig(scale_decoder_outputs=True)
     assert base.replace(n_decoder_layer=3).decoder_layers == 3
@@ -164,3 +172,36 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model(_ids(2, 6), labels=labels).loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@torch.no_grad()
+def test_rope_positions_order_both_stacks():
+    # Without positions (and no relative bias) attention is permutation-equivariant: the
+    # encoder's memory of a reversed source is the reversed memory. RoPE breaks that in
+    # the encoder and in the decoder's self-attention.
+    src, tgt = _ids(1, 7), _ids(1, 5, seed=1)
+    rev_src, rev_tgt = src.flip(1), tgt.flip(1)
+    torch.manual_seed(0)
+    bare = build(presets.get("tiny-t5").replace(relative_attention_num_buckets=0)).eval()
+    memory = bare.encode(src).last_hidden_state
+    torch.testing.assert_close(bare.encode(rev_src).last_hidden_state, memory.flip(1))
+    model = _model("tiny-t5+rope")
+    assert model.enc_rel_bias is None and model.enc_pos is None
+    memory = model.encode(src).last_hidden_state
+    assert (model.encode(rev_src).last_hidden_state - memory.flip(1)).abs().max() > 1e-3
+    # decoder: the last target position sees the same set of tokens in another order
+    last = model(src, decoder_input_ids=tgt).logits[:, -1]
+    moved = model(src, decoder_input_ids=torch.cat([rev_tgt[:, :-1], tgt[:, -1:]], 1)).logits
+    assert (moved[:, -1] - last).abs().max() > 1e-3
+
+
+def test_rope_seq2seq_is_refused_by_hf_export(tmp_path):
+    from lmforge.errors import CheckpointError
+    from lmforge.interop.hf import save_hf
+
+    for name in ("tiny-t5+rope", "tiny-bart+rope"):
+        with pytest.raises(CheckpointError, match="positions must be"):
+            save_hf(_model(name), tmp_path / name)
+        assert not (tmp_path / name).exists()
+    with pytest.raises(ConfigError, match="even decoder head size"):
+        presets.get("tiny-bart").replace(**ROPE, n_decoder_head=16, d_model=48, n_head=8)

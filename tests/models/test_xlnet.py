@@ -8,6 +8,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from lmforge.errors import ConfigError  # noqa: E402
 from lmforge.interop.hf_xlnet import RENAMES  # noqa: E402
 from lmforge.models import XLNet, build, presets  # noqa: E402
 from lmforge.models.xlnet import relative_positions  # noqa: E402
@@ -221,3 +222,11 @@ def test_activation_checkpointing_gives_the_same_gradients():
     assert len(plain) == len(recomputed) > 0
     for a, b in zip(plain, recomputed):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_flags_its_blocks_do_not_have_are_refused():
+    base = presets.get("tiny-xlnet")
+    with pytest.raises(ConfigError, match="XLNet's blocks are post-LN"):
+        base.replace(norm_position="pre")
+    with pytest.raises(ConfigError, match="model.qk_norm"):
+        base.replace(qk_norm=True)
