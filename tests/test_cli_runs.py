@@ -124,9 +124,19 @@ def test_sliding_window_perplexity_scores_each_token_once(run_dir):
     assert full["tokens"] == 99 and not math.isclose(full["nll"], slide["nll"], rel_tol=1e-6)
 
 
-def test_convert_round_trip_through_transformers(run_dir, tmp_path):
+@pytest.fixture(scope="module")
+def gpt2_run_dir(tmp_path_factory):
+    """The speedrun's GPT-2 baseline: a recipe transformers has a class for."""
+    d = tmp_path_factory.mktemp("cli-gpt2") / "run"
+    r = lmforge("pretrain", ROOT / "configs" / "speedrun" / "baseline.yaml", f"run_dir={d}",
+                *TINY)
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def test_convert_round_trip_through_transformers(gpt2_run_dir, tmp_path):
     transformers = pytest.importorskip("transformers")
-    hf_dir, back = tmp_path / "hf", tmp_path / "back"
+    run_dir, hf_dir, back = gpt2_run_dir, tmp_path / "hf", tmp_path / "back"
     r = lmforge("convert", "--to-hf", run_dir, "--out", hf_dir)
     assert r.returncode == 0, r.stderr
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
@@ -156,6 +166,9 @@ def test_bad_input(run_dir, tmp_path):
     one_line_error(lmforge("pretrain", ROOT / "configs" / "gpt-shakespeare.yaml",
                            "train.max_steps=many"), "train.max_steps")
     one_line_error(lmforge("convert", "--to-hf", run_dir, "--out", run_dir), "not empty")
+    # make run's recipe (QK-norm, ReLU^2) has no transformers class: refused, nothing written
+    one_line_error(lmforge("convert", "--to-hf", run_dir, "--out", tmp_path / "hf"), "qk_norm")
+    assert not (tmp_path / "hf").exists()
     empty = tmp_path / "empty_run"
     (empty / "checkpoints").mkdir(parents=True)
     (empty / "config.yaml").write_text((run_dir / "config.yaml").read_text())
