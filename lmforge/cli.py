@@ -293,10 +293,11 @@ def cmd_experiment(args) -> int:
     """Rerun one of the lecture's claims: lmforge experiment NAME [scale=S] [seeds=N].
 
     NAME: pretrain-helps, electra-vs-mlm, lora-vs-full, scaling, encoder-vs-decoder,
-    dynamic-masking (configs/experiments/NAME.yaml). Its runs land in
+    dynamic-masking, encoders (configs/experiments/NAME.yaml). Its runs land in
     runs/experiments/NAME/ (out=DIR elsewhere), then report.md (tables in the lecture's
     form, mean +- spread over seeds) and PNG plots. A second call redoes no finished run
-    and continues a killed one. scale=test is a seconds-long check of the pipeline.
+    and continues a killed one. scale=test is a seconds-long check of the pipeline;
+    jobs=N runs N runs at a time (each in its own process, the cores shared out).
     """
     from .experiments import load_spec, run_experiment
 
@@ -569,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name", help="an experiment (configs/experiments/NAME.yaml)")
     q.add_argument("overrides", nargs="*",
                    help="scale=NAME (default, test), seeds=N, pretrain_seeds=N, tasks=[...], "
-                        "out=DIR")
+                        "out=DIR, jobs=N (runs side by side, each in its own process)")
 
     q = add("convert", cmd_convert)
     q.add_argument("--from-hf", type=Path, help="a transformers checkpoint folder")

@@ -101,9 +101,13 @@ def pretrain(cfg: RunConfig, resume: bool = False) -> dict:
             # then the other ranks, which read what it wrote
             tokenizer, model_cfg, objective, shards, tok_hash = main_first(
                 dist, lambda: prepare(cfg, resume, latest, dist.is_main))
-            return _train(cfg, resume, dist, tokenizer, model_cfg, objective, shards, tok_hash)
-    finally:
-        dist.close()
+            summary = _train(cfg, resume, dist, tokenizer, model_cfg, objective, shards,
+                             tok_hash)
+    except BaseException:
+        dist.close(clean=False)
+        raise
+    dist.close()
+    return summary
 
 
 def _train(cfg: RunConfig, resume: bool, dist, tokenizer, model_cfg, objective, shards,
@@ -155,7 +159,7 @@ def prepare(cfg: RunConfig, resume: bool, latest: Path | None, main: bool = True
     """Steps 2-5 of the recipe: (tokenizer, model config, objective, shards, tokenizer
     hash). `main`: this process writes (the tokenizer, shards, config.yaml); on the other
     ranks it runs after rank 0's and reads what rank 0 wrote."""
-    from .data import open_shards, write_shards
+    from .data import open_shards
     from .data.shards import fingerprint
     from .data.shards import read_meta as read_shard_meta
     from .objectives import build as build_objective
@@ -201,22 +205,12 @@ def prepare(cfg: RunConfig, resume: bool, latest: Path | None, main: bool = True
         raise ConfigError("config key 'tokenizer.special_tokens': the tokenizer needs an "
                           "end-of-text token to separate documents")
     tok_hash = fingerprint(tokenizer)
-    wanted = {"tokenizer_hash": tok_hash, "source": _source(cfg),
-              "val_fraction": cfg.data.val_fraction, "seed": cfg.seed}
-    reuse = shard_meta is not None and all(shard_meta.get(k) == v for k, v in wanted.items())
-    if shard_meta is not None and not reuse and cfg.data.shards is not None:
-        raise DataError(
-            f"token shards in {shards_dir} were made from another corpus, tokenizer or "
-            "split; delete them or set data.shards to another folder"
-        )
+    reuse = shards_match(cfg, shards_dir, shard_meta, tok_hash)
     run_dir.mkdir(parents=True, exist_ok=True)
     if main and Path(tok_source or "").resolve() != tok_file.resolve():
         tokenizer.save(tok_file)
     if not reuse:
-        docs = docs if docs is not None else read_docs(cfg)
-        say(f"tokenizing {len(docs)} documents into {shards_dir}")
-        write_shards(docs, tokenizer, shards_dir, val_fraction=cfg.data.val_fraction,
-                     seed=cfg.seed, source=_source(cfg))
+        write_run_shards(cfg, tokenizer, shards_dir, docs, say)
     shards = open_shards(shards_dir, tokenizer_hash=tok_hash)
 
     # 5. the resolved config: no preset indirection, this run's tokenizer and shards
@@ -230,6 +224,44 @@ def prepare(cfg: RunConfig, resume: bool, latest: Path | None, main: bool = True
     if main:
         dump_yaml(resolved, run_dir / "config.yaml")
     return tokenizer, model_cfg, objective, shards, tok_hash
+
+
+def shards_match(cfg: RunConfig, shards_dir: Path, meta: dict | None, tok_hash: str) -> bool:
+    """True when the shards in `shards_dir` (their `meta`, None if there are none) were
+    made from this tokenizer, corpus and split; DataError when a shared `data.shards`
+    folder holds other ones (they are not ours to overwrite)."""
+    wanted = {"tokenizer_hash": tok_hash, "source": _source(cfg),
+              "val_fraction": cfg.data.val_fraction, "seed": cfg.seed}
+    reuse = meta is not None and all(meta.get(k) == v for k, v in wanted.items())
+    if meta is not None and not reuse and cfg.data.shards is not None:
+        raise DataError(
+            f"token shards in {shards_dir} were made from another corpus, tokenizer or "
+            "split; delete them or set data.shards to another folder"
+        )
+    return reuse
+
+
+def write_run_shards(cfg: RunConfig, tokenizer, shards_dir: Path, docs=None, say=_say):
+    from .data import write_shards
+
+    docs = docs if docs is not None else read_docs(cfg)
+    say(f"tokenizing {len(docs)} documents into {shards_dir}")
+    write_shards(docs, tokenizer, shards_dir, val_fraction=cfg.data.val_fraction,
+                 seed=cfg.seed, source=_source(cfg))
+
+
+def ensure_shards(cfg: RunConfig) -> None:
+    """Write the token shards of `cfg` (a given tokenizer.path and data.shards) unless
+    matching ones are there: what a run would do first, done ahead by a caller that
+    starts runs sharing the shards side by side."""
+    from .data.shards import fingerprint
+    from .data.shards import read_meta as read_shard_meta
+    from .tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.load(cfg.tokenizer.path)
+    shards_dir = Path(cfg.data.shards)
+    if not shards_match(cfg, shards_dir, read_shard_meta(shards_dir), fingerprint(tokenizer)):
+        write_run_shards(cfg, tokenizer, shards_dir)
 
 
 def train_tokenizer(cfg: RunConfig, docs: list[str], say=_say):

@@ -232,9 +232,11 @@ CASES = [
     # -- experiments (lmforge experiment NAME)
     ("unknown experiment", ["experiment", "nope"],
      "unknown experiment 'nope' (experiments: dynamic-masking, electra-vs-mlm, "
-     "encoder-vs-decoder, lora-vs-full, pretrain-helps, scaling)"),
+     "encoder-vs-decoder, encoders, lora-vs-full, pretrain-helps, scaling)"),
     ("unknown experiment scale", ["experiment", "scaling", "scale=huge"],
      "scale=huge: experiment scaling has no such scale (scales: default, test)"),
+    ("experiment jobs", ["experiment", "scaling", "jobs=0"],
+     "jobs=0: expected an integer >= 1 (runs at a time)"),
     ("experiment task the architecture cannot do", ["experiment", "pretrain-helps",
                                                     "tasks=[debian-summaries]"],
      "row 'encoder pretrained' (encoder), task debian-summaries: task type 'seq2seq' is text "

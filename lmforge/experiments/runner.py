@@ -20,6 +20,12 @@ changed (a retuned recipe, another scale) is started again from scratch.
 
 Runs share what is the same for all of them: one tokenizer per tokenizer recipe and
 corpus, and token shards per (tokenizer, corpus, seed), under OUT/shared/.
+
+`jobs=N` (N > 1) runs N at a time, each as `lmforge pretrain|finetune OUT/configs/<run>.yaml`
+in its own process with the cores shared out (OMP_NUM_THREADS = cores // N unless set),
+its output in OUT/logs/<run>.log: every pretraining run first (shards written ahead, by
+this process), then every fine-tuning run. The numbers are the same runs' numbers; times
+per step are then of runs that shared the machine.
 """
 
 from __future__ import annotations
@@ -55,16 +61,22 @@ def run_experiment(spec: Spec) -> dict:
     out = spec.out
     (out / "configs").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    bodies: dict[tuple[str, int], dict] = {}
-    for seed in range(spec.pretrain_seeds):
-        for p in spec.pretrain:
-            bodies[p.name, seed] = pretrain_run(spec, p, seed)
-    finetuned = []
+    pool = Pool(spec) if spec.jobs > 1 else None
+    # each *_run starts (or runs) its run and returns how to read its numbers afterwards
+    started_runs = [((p.name, seed), pretrain_run(spec, p, seed, pool))
+                    for seed in range(spec.pretrain_seeds) for p in spec.pretrain]
+    if pool is not None:
+        pool.wait()
+    bodies = {key: result() for key, result in started_runs}
+    started_runs = []
     for seed in range(spec.seeds):
         for row in spec.rows:
             body = bodies.get((row.body, seed % spec.pretrain_seeds)) if row.body else None
             for task in row.tasks:
-                finetuned.append(finetune_run(spec, row, task, seed, body))
+                started_runs.append(finetune_run(spec, row, task, seed, body, pool))
+    if pool is not None:
+        pool.wait()
+    finetuned = [result() for result in started_runs]
     results = {"experiment": spec.name, "scale": spec.scale, "claim": spec.claim,
                "seeds": spec.seeds, "pretrain_seeds": spec.pretrain_seeds,
                "budget": budget_flops(spec), "table": spec.table,
@@ -196,10 +208,10 @@ def _key(*parts) -> str:
                                      default=str).encode()).hexdigest()[:10]
 
 
-def pretrain_run(spec: Spec, p: PretrainRun, seed: int) -> dict:
-    """Run (or resume, or read back) pretraining run `p` with `seed`; its numbers."""
-    from ..pretrain import pretrain
-    from ..training.logs import read_metrics
+def pretrain_run(spec: Spec, p: PretrainRun, seed: int, pool: Pool | None = None):
+    """Run (or resume, or skip if finished) pretraining run `p` with `seed` -- in the
+    `pool` when there is one -- and return a function that reads its numbers."""
+    from ..pretrain import ensure_shards, pretrain
 
     cfg = pretrain_config(spec, p, seed)
     run_dir = Path(cfg.run_dir)
@@ -210,11 +222,23 @@ def pretrain_run(spec: Spec, p: PretrainRun, seed: int) -> dict:
     if state != "done":
         say(f"[{spec.name}] pretraining {name}: {cfg.train.max_steps} steps "
             f"({state}), {fpt * tokens_per_step(cfg) * cfg.train.max_steps:.3g} FLOPs")
-        t0 = time.perf_counter()
-        pretrain(cfg, resume=state == "resume")
-        _write_record(run_dir, {"wall_s": time.perf_counter() - t0})
+        if pool is not None:
+            ensure_shards(cfg)  # runs side by side must not write shared shards at once
+            pool.start(name, "pretrain", state == "resume")
+        else:
+            t0 = time.perf_counter()
+            pretrain(cfg, resume=state == "resume")
+            _write_record(run_dir, {"wall_s": time.perf_counter() - t0})
     else:
         say(f"[{spec.name}] {name}: finished earlier, not redone")
+    return lambda: pretrain_numbers(p, seed, cfg, fpt, params)
+
+
+def pretrain_numbers(p: PretrainRun, seed: int, cfg, fpt: float, params: int) -> dict:
+    from ..training.logs import read_metrics
+
+    run_dir = Path(cfg.run_dir)
+    name = run_dir.name
     summary = [r for r in read_metrics(run_dir / "metrics.jsonl")
                if r.get("event") == "summary"][-1]
     return {"run": name, "name": p.name, "base": p.base, "fraction": p.fraction,
@@ -267,10 +291,13 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-." else "-" for c in name.lower()).strip("-")
 
 
-def finetune_run(spec: Spec, row: Row, task: str, seed: int, body: dict | None) -> dict:
-    """Run (or resume, or read back) the fine-tuning of `row` on `task` with `seed`."""
+def finetune_run(spec: Spec, row: Row, task: str, seed: int, body: dict | None,
+                 pool: Pool | None = None):
+    """Run (or resume, or skip if finished) the fine-tuning of `row` on `task` with
+    `seed` -- in the `pool` when there is one -- and return a function that reads its
+    numbers."""
     from ..finetune import finetune
-    from ..report import RESULTS, read_results
+    from ..report import read_results
 
     cfg = finetune_config(spec, row, task, seed, body)
     run_dir = Path(cfg.run_dir)
@@ -285,7 +312,10 @@ def finetune_run(spec: Spec, row: Row, task: str, seed: int, body: dict | None) 
             return False
 
     state = prepare_run_dir(spec, name, to_dict(cfg), finished)
-    if state != "done":
+    if state != "done" and pool is not None:
+        say(f"[{spec.name}] fine-tuning {name} ({state})")
+        pool.start(name, "finetune", state == "resume")
+    elif state != "done":
         say(f"[{spec.name}] fine-tuning {name} ({state})")
         t0 = time.perf_counter()
         record = {}
@@ -299,6 +329,13 @@ def finetune_run(spec: Spec, row: Row, task: str, seed: int, body: dict | None) 
         _write_record(run_dir, record)
     else:
         say(f"[{spec.name}] {name}: finished earlier, not redone")
+    return lambda: finetune_numbers(row, task, seed, body, run_dir)
+
+
+def finetune_numbers(row: Row, task: str, seed: int, body: dict | None, run_dir: Path):
+    from ..report import RESULTS, read_results
+
+    name = run_dir.name
     r = read_results(run_dir)
     metric = r["main_metric"]
     value = r["test"][metric]
@@ -324,6 +361,53 @@ def run_isolated(config_file: Path, resume: bool) -> float:
     if proc.returncode != 0:
         raise LmforgeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see above")
     return usage.ru_maxrss / 1024  # Linux: KiB
+
+
+class Pool:
+    """Runs side by side, at most `spec.jobs` at a time: each `lmforge pretrain|finetune
+    OUT/configs/<run>.yaml` in a child process with its share of the cores, its output
+    in OUT/logs/<run>.log, its wall time and peak memory (wait4) in its record."""
+
+    def __init__(self, spec: Spec):
+        self.spec, self.running, self.failed = spec, {}, []
+        (spec.out / "logs").mkdir(parents=True, exist_ok=True)
+        threads = str(max(1, (os.cpu_count() or 1) // spec.jobs))
+        self.env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+
+    def start(self, name: str, command: str, resume: bool) -> None:
+        while len(self.running) >= self.spec.jobs:
+            self._reap()
+        if self.failed:  # start nothing more; wait() reports it
+            return
+        out = self.spec.out
+        cmd = [sys.executable, "-m", "lmforge", command, str(out / "configs" / f"{name}.yaml")]
+        log = out / "logs" / f"{name}.log"
+        with open(log, "w") as f:
+            proc = subprocess.Popen(cmd + (["--resume"] if resume else []), stdout=f,
+                                    stderr=subprocess.STDOUT, env=self.env)
+        self.running[proc.pid] = (proc, name, log, time.perf_counter())
+
+    def _reap(self) -> None:
+        pid, status, usage = os.wait4(-1, 0)
+        if pid not in self.running:
+            return
+        proc, name, log, t0 = self.running.pop(pid)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            self.failed.append(f"{name} (exit {proc.returncode}; see {log})")
+            return
+        wall = time.perf_counter() - t0
+        _write_record(self.spec.out / name,
+                      {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024})  # KiB
+        say(f"[{self.spec.name}] {name}: done in {wall:.0f} s")
+
+    def wait(self) -> None:
+        """Until every started run has ended; LmforgeError naming the ones that failed."""
+        while self.running:
+            self._reap()
+        if self.failed:
+            raise LmforgeError(f"experiment {self.spec.name}: run failed: "
+                               + "; ".join(self.failed))
 
 
 class PeakRSS:

@@ -44,14 +44,15 @@ from ..errors import ConfigError
 FOLDER = Path(__file__).resolve().parents[1] / "configs" / "experiments"
 DEFAULT_SCALE = "default"
 # CLI keys of `lmforge experiment NAME key=value ...`
-CLI_KEYS = ("scale", "seeds", "pretrain_seeds", "tasks", "out")
+CLI_KEYS = ("scale", "seeds", "pretrain_seeds", "tasks", "out", "jobs")
 TABLES = ("finetune", "pretrain", "peft")
 # The fine-tuning recipe of a task for a body of each architecture (a row's `recipes:`
 # may name others); a task missing here for an architecture is one it cannot do.
 TASK_RECIPES = {
     "rotten-tomatoes": {"encoder": "rotten-tomatoes-bert", "decoder": "rotten-tomatoes-gpt2",
-                        "seq2seq": "rotten-tomatoes-bart"},
-    "wnut16": {"encoder": "wnut16-bert", "decoder": "wnut16-gpt2", "seq2seq": "wnut16-bart"},
+                        "seq2seq": "rotten-tomatoes-bart", "xlnet": "rotten-tomatoes-xlnet"},
+    "wnut16": {"encoder": "wnut16-bert", "decoder": "wnut16-gpt2", "seq2seq": "wnut16-bart",
+               "xlnet": "wnut16-bert"},
     "debian-summaries": {"decoder": "debian-summaries-gpt2", "seq2seq": "debian-summaries-bart"},
     "debian-match": {"encoder": "debian-match-bert", "decoder": "debian-match-gpt2",
                      "seq2seq": "debian-match-bart"},
@@ -108,6 +109,7 @@ class Spec:
     isolate: bool
     out: Path
     fractions: list[float] = field(default_factory=lambda: [1.0])
+    jobs: int = 1  # runs at a time, each in its own process (1: one after another, in-process)
 
 
 def _list(value, key: str) -> list:
@@ -158,6 +160,9 @@ def load_spec(name: str, overrides: list[str] = (), runs_root: str | Path = "run
     for key, value in patch.items():
         data[key] = value
     out = Path(cli.pop("out", None) or Path(runs_root) / "experiments" / name)
+    jobs = cli.pop("jobs", 1)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs={jobs!r}: expected an integer >= 1 (runs at a time)")
     data.update(cli)
     known = {"claim", "seeds", "pretrain_seeds", "tasks", "budget", "fractions", "pretrain",
              "models", "finetune", "compare", "table", "columns", "isolate"}
@@ -223,7 +228,8 @@ def load_spec(name: str, overrides: list[str] = (), runs_root: str | Path = "run
                         for t, v in (add["task_overrides"] or {}).items()},
         compare=[list(map(str, c)) for c in data.get("compare") or []],
         table=table, columns=_list(data.get("columns"), "columns"),
-        isolate=bool(data.get("isolate", False)), out=out, fractions=fractions)
+        isolate=bool(data.get("isolate", False)), out=out, fractions=fractions,
+        jobs=jobs)
     check_tasks(spec)
     return spec
 

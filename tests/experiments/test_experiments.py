@@ -143,7 +143,9 @@ def test_a_changed_config_is_run_again(tmp_path, capsys):
     out = tmp_path / "scaling"
     assert main(["experiment", "scaling", "scale=test", f"out={out}"]) == 0
     recipe = out / "configs" / "L2-d64-s0.yaml"
-    recipe.write_text(recipe.read_text().replace("lr: 0.002", "lr: 0.001"))
+    text = recipe.read_text()
+    assert re.search(r"^  lr: ", text, re.M), text
+    recipe.write_text(re.sub(r"^  lr: .*$", "  lr: 1.234e-4", text, flags=re.M))
     capsys.readouterr()
     assert main(["experiment", "scaling", "scale=test", f"out={out}"]) == 0
     err = capsys.readouterr().err
@@ -159,14 +161,14 @@ def test_a_run_killed_after_its_checkpoint_resumes_from_it(tmp_path, capsys):
 
     spec = load_spec("scaling", ["scale=test", f"out={tmp_path}"])
     p = spec.pretrain[0]
-    first = pretrain_run(spec, p, 0)
+    first = pretrain_run(spec, p, 0)()  # runs it, then reads its numbers
     run = tmp_path / "L2-d32-s0"
     ckpt = {f: f.stat().st_mtime_ns for f in (run / "checkpoints").rglob("*") if f.is_file()}
     metrics = run / "metrics.jsonl"
     lines = metrics.read_text().splitlines()
     metrics.write_text("\n".join(lines[:-1]) + "\n")  # the summary line never written
     capsys.readouterr()
-    again = pretrain_run(spec, p, 0)
+    again = pretrain_run(spec, p, 0)()
     err = capsys.readouterr().err
     assert "pretraining L2-d32-s0: 3 steps (resume)" in err
     assert {f: f.stat().st_mtime_ns for f in (run / "checkpoints").rglob("*")
@@ -177,3 +179,24 @@ def test_a_run_killed_after_its_checkpoint_resumes_from_it(tmp_path, capsys):
     shutil.rmtree(run / "checkpoints")  # killed before its first checkpoint
     pretrain_run(spec, p, 0)
     assert "pretraining L2-d32-s0: 3 steps (fresh)" in capsys.readouterr().err
+
+
+def test_jobs_run_side_by_side_with_the_same_numbers(tmp_path, capsys):
+    """jobs=2: the runs go to child processes two at a time (logs in OUT/logs, wall time
+    and peak memory in each run's record) and give the numbers of the same runs made one
+    after another in this process."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["experiment", "scaling", "scale=test", f"out={one}"]) == 0
+    assert main(["experiment", "scaling", "scale=test", f"out={two}", "jobs=2"]) == 0
+    err = capsys.readouterr().err
+    a, b = (json.loads((d / "results.json").read_text())["pretrain"] for d in (one, two))
+    assert [p["run"] for p in b] == [p["run"] for p in a]
+    for p, q in zip(a, b):
+        assert q["val_loss"] == pytest.approx(p["val_loss"], abs=1e-5)
+        assert q["train_flops"] == p["train_flops"] and q["steps"] == p["steps"]
+        record = json.loads((two / p["run"] / "experiment.json").read_text())
+        assert record["wall_s"] > 0 and record["peak_rss_mb"] > 50
+        assert "training to step 3" in (two / "logs" / f"{p['run']}.log").read_text()
+        assert f"[scaling] {p['run']}: done in" in err
+    assert main(["experiment", "scaling", "scale=test", f"out={two}", "jobs=2"]) == 0
+    assert capsys.readouterr().err.count("not redone") == 4  # resumable as ever
