@@ -271,9 +271,12 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
         cfg.distributed.global_batch(cfg.train.batch_size, dist.world_size,
                                      cfg.train.grad_accum)
         main_first(dist, lambda: write_run_dir(cfg, s) if dist.is_main else None)
-        return _train(cfg, s, rows, dist, resume)
-    finally:
-        dist.close()
+        summary = _train(cfg, s, rows, dist, resume)
+    except BaseException:
+        dist.close(clean=False)
+        raise
+    dist.close()
+    return summary
 
 
 def write_run_dir(cfg: FinetuneConfig, s: Setup) -> None:

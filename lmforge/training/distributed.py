@@ -155,8 +155,14 @@ class Dist:
         td.broadcast_object_list(box, src=0)
         return box[0]
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
+        """Destroy the process group we created. `clean` (every rank got here without an
+        error): meet at a barrier first, so no rank tears down its connections while a
+        peer still uses them (gloo aborts the peer: "terminate called without an active
+        exception"). After an error the peers may be inside another collective: no barrier."""
         if self.owns_group and td.is_initialized():
+            if clean:
+                td.barrier()
             td.destroy_process_group()
         self.owns_group = False
 
@@ -227,6 +233,7 @@ def init(cfg: DistributedConfig, device_name: str) -> Dist:
         bound = {"device_id": device} if device.type == "cuda" else {}  # NCCL: our GPU
         td.init_process_group(backend, rank=rank, world_size=world,
                               timeout=timedelta(seconds=cfg.timeout_s), **bound)
+        td.barrier()  # every rank is connected before any uses (or leaves) the group
     return Dist(rank=rank, world_size=world, local_rank=local_rank, strategy=strategy,
                 device=device, reshard_after_forward=cfg.reshard_after_forward, owns_group=owns)
 
