@@ -112,8 +112,14 @@ def peak_flops(device: torch.device | str, precision: str = "fp32") -> tuple[flo
             return peak, f"{name} data sheet ({precision})"
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
         return measure_matmul_flops(4096, dtype, device="cuda"), f"{name} measured matmul"
+    # the ceiling of the dtype the matmuls run in: under bf16 autocast a CPU with native
+    # bf16 (AMX, avx512_bf16) multiplies faster than in fp32, and against the fp32
+    # ceiling a run could report an MFU above 1
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
     threads = torch.get_num_threads()
-    return measure_matmul_flops(), f"CPU fp32 matmul ceiling, {threads} threads (measured)"
+    return (measure_matmul_flops(dtype=dtype),
+            f"CPU {name} matmul ceiling, {threads} threads (measured)")
 
 
 def mfu(flops_per_tok: float, tokens_per_s: float, peak: float) -> float:

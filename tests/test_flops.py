@@ -8,6 +8,7 @@ from lmforge.flops import (
     measure_matmul_flops,
     mfu,
     model_flops_per_token,
+    peak_flops,
 )
 from lmforge.models import build, presets
 
@@ -53,3 +54,11 @@ def test_mfu_and_peaks():
 def test_measured_cpu_ceiling_is_plausible():
     flops = measure_matmul_flops(n=256, seconds=0.05)
     assert 1e8 < flops < 1e13
+
+
+def test_cpu_ceiling_is_measured_in_the_training_precision():
+    """bf16 autocast runs its matmuls in bf16: MFU is against the bf16 ceiling, not fp32's
+    (a native-bf16 CPU otherwise reports MFU above 1)."""
+    for precision, name in (("fp32", "fp32"), ("bf16", "bf16")):
+        peak, source = peak_flops("cpu", precision)
+        assert source.startswith(f"CPU {name} matmul ceiling") and 1e8 < peak < 1e14
