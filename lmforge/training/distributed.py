@@ -157,14 +157,32 @@ class Dist:
 
     def close(self, clean: bool = True) -> None:
         """Destroy the process group we created. `clean` (every rank got here without an
-        error): meet at a barrier first, so no rank tears down its connections while a
-        peer still uses them (gloo aborts the peer: "terminate called without an active
-        exception"). After an error the peers may be inside another collective: no barrier."""
+        error): first wait, through the rendezvous store, until every rank has finished
+        its collectives (`_all_finished`). After an error the peers may never get here:
+        no wait."""
         if self.owns_group and td.is_initialized():
-            if clean:
-                td.barrier()
+            if clean and self.world_size > 1:
+                self._all_finished()
             td.destroy_process_group()
         self.owns_group = False
+
+    def _all_finished(self) -> None:
+        """Return once every rank has finished its last collective. Through the store, not
+        a collective: a gloo rank that tears its connections down while its last sends
+        are still queued aborts ("terminate called without an active exception"; a
+        barrier followed by teardown has that race too, pytorch/gloo#155). A rank writes
+        its key after its last collective completed, and a collective completes only
+        when the peers' data arrived, so once every key exists nothing is in flight.
+        Then every rank but 0 says it has read them, and rank 0, which may host the
+        store (mp.spawn; torchrun hosts it in its agent), leaves last."""
+        store = td.distributed_c10d._get_default_store()
+        ranks = range(self.world_size)
+        store.set(f"lmforge/finished/{self.rank}", "1")
+        store.wait([f"lmforge/finished/{r}" for r in ranks])
+        if self.rank:
+            store.set(f"lmforge/released/{self.rank}", "1")
+        else:
+            store.wait([f"lmforge/released/{r}" for r in ranks if r])
 
 
 def launched_rank() -> int:
@@ -233,7 +251,6 @@ def init(cfg: DistributedConfig, device_name: str) -> Dist:
         bound = {"device_id": device} if device.type == "cuda" else {}  # NCCL: our GPU
         td.init_process_group(backend, rank=rank, world_size=world,
                               timeout=timedelta(seconds=cfg.timeout_s), **bound)
-        td.barrier()  # every rank is connected before any uses (or leaves) the group
     return Dist(rank=rank, world_size=world, local_rank=local_rank, strategy=strategy,
                 device=device, reshard_after_forward=cfg.reshard_after_forward, owns_group=owns)
 

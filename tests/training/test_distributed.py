@@ -5,6 +5,7 @@ global batches, and compares with one process training on the whole global batch
 losses at every step, and the weights at the end, within 1e-5.
 """
 
+import faulthandler
 import os
 import socket
 
@@ -72,6 +73,7 @@ def _free_port() -> int:
 
 
 def _entry(rank, world, port, fn, args):
+    faulthandler.enable(all_threads=True)  # a rank that aborts says where, on stderr
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
