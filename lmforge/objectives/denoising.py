@@ -101,17 +101,15 @@ class _Denoising(Objective):
 
     def prepare(self, raw, draw: int | None = None) -> dict[str, Tensor]:
         """(B, window_len) raw windows -> input_ids, attention_mask, decoder_input_ids,
-        targets (see `seq2seq_batch`); with a `corrupt_hidden` (BART: corrupt's pair and
-        a bool mask over the target, True where the input does not show the token) also
-        "hidden" (B, T) bool, aligned with targets, False on padding."""
+        targets (see `seq2seq_batch`); where `corrupt_hidden` tracks which target tokens
+        the input does not show (BART), also "hidden" (B, T) bool, aligned with targets,
+        False on padding."""
         if isinstance(raw, Tensor):
             raw = raw.cpu().numpy()
         raw = np.asarray(raw, dtype=np.int64)
         if raw.ndim != 2:
             raise ValueError(f"expected a (batch, window) token array, got {raw.shape}")
-        marked = getattr(self, "corrupt_hidden", None)
-        rows = [marked(row, rng) if marked else (*self.corrupt(row, rng), None)
-                for row, rng in zip(raw, self.rngs(raw, draw))]
+        rows = [self.corrupt_hidden(row, rng) for row, rng in zip(raw, self.rngs(raw, draw))]
         batch = seq2seq_batch([s for s, _, _ in rows], [t for _, t, _ in rows],
                               pad_id=self.pad_id, decoder_start_id=self.decoder_start_id,
                               source_len=self.source_len(raw.shape[1]))
@@ -140,12 +138,33 @@ class _Denoising(Objective):
         return clm_loss(self.logits(model, batch), batch["targets"])
 
     def evaluate(self, model, batch: dict[str, Tensor]) -> dict[str, tuple[float, float]]:
-        """{"loss": (sum, N), "acc": (target tokens predicted right by argmax, N)}."""
+        """{"loss": (sum, N), "acc": (target tokens predicted right by argmax, N)}, and
+        "<name>_loss" / "<name>_acc" over the objective's `inferred` target tokens alone
+        (the ones to set beside the unigram loss)."""
         logits = self.logits(model, batch)
-        loss, n = clm_loss(logits, batch["targets"])
-        valid = batch["targets"] != IGNORE
-        hits = ((logits.argmax(-1) == batch["targets"]) & valid).sum()
-        return {"loss": (float(loss.detach()), n), "acc": (float(hits), n)}
+        targets = batch["targets"]
+        loss, n = clm_loss(logits, targets)
+        valid = targets != IGNORE
+        hits = (logits.argmax(-1) == targets) & valid
+        stats = {"loss": (float(loss.detach()), n), "acc": (float(hits.sum()), n)}
+        subset = self.inferred(batch)
+        if subset is not None:
+            name, keep = subset
+            part = torch.where(keep & valid, targets, IGNORE)
+            part_loss, m = clm_loss(logits, part)
+            stats[f"{name}_loss"] = (float(part_loss.detach()), m)
+            stats[f"{name}_acc"] = (float((hits & (part != IGNORE)).sum()), m)
+        return stats
+
+    def inferred(self, batch: dict[str, Tensor]) -> tuple[str, Tensor] | None:
+        """(name, bool mask over the targets) of the tokens the model must infer rather
+        than copy from its input, or None."""
+        return None
+
+    def corrupt_hidden(self, window: np.ndarray, rng: np.random.Generator):
+        """`corrupt`'s pair and a bool mask over the target of the tokens the input does
+        not show, or None where the objective does not track them."""
+        return (*self.corrupt(window, rng), None)
 
     @abstractmethod
     def target_len(self, seq_len: int) -> int:
@@ -275,23 +294,13 @@ class BartDenoising(_Denoising):
                 np.concatenate([[self.bos_id], tgt, [self.eos_id]]),
                 np.concatenate([[False], hidden, [False]]))
 
-    def evaluate(self, model, batch: dict[str, Tensor]) -> dict[str, tuple[float, float]]:
-        """Adds "infill_loss" / "infill_acc" over the target tokens the encoder input does
-        not show (batch["hidden"]: removed by infilling, masked, deleted), which the model
-        must infer rather than copy: the number to set beside the unigram loss. A batch
-        without "hidden" (not made by `prepare`) gets loss and acc only."""
-        logits = self.logits(model, batch)
-        targets = batch["targets"]
-        loss, n = clm_loss(logits, targets)
-        valid = targets != IGNORE
-        hits = (logits.argmax(-1) == targets) & valid
-        stats = {"loss": (float(loss.detach()), n), "acc": (float(hits.sum()), n)}
-        if "hidden" in batch:
-            hidden = torch.where(batch["hidden"].to(targets.device) & valid, targets, IGNORE)
-            infill_loss, n_infill = clm_loss(logits, hidden)
-            stats["infill_loss"] = (float(infill_loss.detach()), n_infill)
-            stats["infill_acc"] = (float((hits & (hidden != IGNORE)).sum()), n_infill)
-        return stats
+    def inferred(self, batch: dict[str, Tensor]) -> tuple[str, Tensor] | None:
+        """"infill": the target tokens the encoder input does not show (batch["hidden"]:
+        removed by infilling, masked, deleted). A batch without "hidden" (not made by
+        `prepare`) has none."""
+        if "hidden" not in batch:
+            return None
+        return "infill", batch["hidden"].to(batch["targets"].device)
 
 
 # -- T5 --------------------------------------------------------------------------------------
@@ -358,22 +367,12 @@ class T5SpanCorruption(_Denoising):
     def target_len(self, seq_len: int) -> int:
         return self._lengths(seq_len)[1]
 
-    def evaluate(self, model, batch: dict[str, Tensor]) -> dict[str, tuple[float, float]]:
-        """Adds "span_loss" / "span_acc": the hidden tokens alone, without the sentinels and
-        </s> (which the input's sentinels give away): the number to set beside the unigram
-        loss."""
-        logits = self.logits(model, batch)
+    def inferred(self, batch: dict[str, Tensor]) -> tuple[str, Tensor] | None:
+        """"span": the hidden tokens alone, without the sentinels and </s> (which the
+        input's sentinels give away)."""
         targets = batch["targets"]
-        loss, n = clm_loss(logits, targets)
-        valid = targets != IGNORE
-        hits = (logits.argmax(-1) == targets) & valid
         markers = torch.tensor([*self.sentinel_ids, self.eos_id], device=targets.device)
-        hidden = torch.where(valid & ~torch.isin(targets, markers), targets, IGNORE)
-        span_loss, n_span = clm_loss(logits, hidden)
-        span_hits = hits & (hidden != IGNORE)
-        return {"loss": (float(loss.detach()), n), "acc": (float(hits.sum()), n),
-                "span_loss": (float(span_loss.detach()), n_span),
-                "span_acc": (float(span_hits.sum()), n_span)}
+        return "span", ~torch.isin(targets, markers)
 
     def corrupt(self, window: np.ndarray, rng: np.random.Generator):
         return span_corrupt(window, rng, self.sentinel_ids, self.eos_id,
