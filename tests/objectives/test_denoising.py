@@ -263,13 +263,19 @@ def test_loss_is_cross_entropy_over_the_real_target_tokens(t5_tok, preset):
         assert float(obj.loss(model, batch2)[0]) == pytest.approx(float(loss), rel=1e-6)
 
 
-def test_evaluate_counts_right_argmax_predictions(t5_tok):
+def t5_logits(t5_tok):
+    """A seeded tiny T5, its objective, the padded batch and the model's logits on it."""
     torch.manual_seed(0)
     model = build_model(model_config("tiny-t5", t5_tok)).eval()
     obj = t5(t5_tok)
     batch = padded_batch(t5_tok)
     with torch.no_grad():
-        pred = obj.logits(model, batch).argmax(-1)
+        return model, obj, batch, obj.logits(model, batch)
+
+
+def test_evaluate_counts_right_argmax_predictions(t5_tok):
+    model, obj, batch, logits = t5_logits(t5_tok)
+    pred = logits.argmax(-1)
     # targets: the prediction at 3 of the 6 real positions, something else at the others
     targets = torch.where(pred == 5, 6, 5)
     targets[0, 0], targets[0, 2], targets[1, 1] = pred[0, 0], pred[0, 2], pred[1, 1]
@@ -282,12 +288,7 @@ def test_evaluate_counts_right_argmax_predictions(t5_tok):
 
 
 def test_t5_span_statistics_leave_out_sentinels_and_eos(t5_tok):
-    torch.manual_seed(0)
-    model = build_model(model_config("tiny-t5", t5_tok)).eval()
-    obj = t5(t5_tok)
-    batch = padded_batch(t5_tok)
-    with torch.no_grad():
-        logits = obj.logits(model, batch)
+    model, obj, batch, logits = t5_logits(t5_tok)
     pred = logits.argmax(-1)
     x, eos = obj.sentinel_ids[0], obj.eos_id
     # row 0: <X> a b </s> ... ; row 1: <X> c, the rest padding
