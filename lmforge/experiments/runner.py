@@ -302,7 +302,6 @@ def finetune_run(spec: Spec, row: Row, task: str, seed: int, body: dict | None,
     cfg = finetune_config(spec, row, task, seed, body)
     run_dir = Path(cfg.run_dir)
     name = run_dir.name
-    config_file = spec.out / "configs" / f"{name}.yaml"
 
     def finished():
         try:
@@ -312,23 +311,20 @@ def finetune_run(spec: Spec, row: Row, task: str, seed: int, body: dict | None,
             return False
 
     state = prepare_run_dir(spec, name, to_dict(cfg), finished)
-    if state != "done" and pool is not None:
+    if state == "done":
+        say(f"[{spec.name}] {name}: finished earlier, not redone")
+    elif pool is not None or spec.isolate:  # its own process: its peak memory is its own
         say(f"[{spec.name}] fine-tuning {name} ({state})")
-        pool.start(name, "finetune", state == "resume")
-    elif state != "done":
+        one = pool or Pool(spec)
+        one.start(name, "finetune", state == "resume")
+        if pool is None:
+            one.wait()
+    else:
         say(f"[{spec.name}] fine-tuning {name} ({state})")
         t0 = time.perf_counter()
-        record = {}
-        if spec.isolate:  # its own process: its peak memory is the run's own
-            record["peak_rss_mb"] = run_isolated(config_file, state == "resume")
-        else:
-            with PeakRSS() as peak:
-                finetune(cfg, resume=state == "resume")
-            record["peak_rss_mb"] = peak.mb
-        record["wall_s"] = time.perf_counter() - t0
-        _write_record(run_dir, record)
-    else:
-        say(f"[{spec.name}] {name}: finished earlier, not redone")
+        with PeakRSS() as peak:
+            finetune(cfg, resume=state == "resume")
+        _write_record(run_dir, {"peak_rss_mb": peak.mb, "wall_s": time.perf_counter() - t0})
     return lambda: finetune_numbers(row, task, seed, body, run_dir)
 
 
@@ -349,18 +345,6 @@ def finetune_numbers(row: Row, task: str, seed: int, body: dict | None, run_dir:
             (0.0 if body else None), "fraction": row.fraction,
             "peak_rss_mb": rec.get("peak_rss_mb"), "wall_s": rec.get("wall_s"),
             "results": str(run_dir / RESULTS)}
-
-
-def run_isolated(config_file: Path, resume: bool) -> float:
-    """`lmforge finetune CONFIG` in a child process; its peak resident memory in MB (the
-    child's own high-water mark, from wait4)."""
-    cmd = [sys.executable, "-m", "lmforge", "finetune", str(config_file)]
-    proc = subprocess.Popen(cmd + (["--resume"] if resume else []), stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise LmforgeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see above")
-    return usage.ru_maxrss / 1024  # Linux: KiB
 
 
 class Pool:
