@@ -266,17 +266,11 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     # 1-3. task, body, mode: every check before anything is written
     s = setup(cfg)
     rows = split_rows(cfg, s)
-    dist = init_distributed(cfg.distributed, cfg.train.device)
-    try:
+    with init_distributed(cfg.distributed, cfg.train.device) as dist:
         cfg.distributed.global_batch(cfg.train.batch_size, dist.world_size,
                                      cfg.train.grad_accum)
         main_first(dist, lambda: write_run_dir(cfg, s) if dist.is_main else None)
-        summary = _train(cfg, s, rows, dist, resume)
-    except BaseException:
-        dist.close(clean=False)
-        raise
-    dist.close()
-    return summary
+        return _train(cfg, s, rows, dist, resume)
 
 
 def write_run_dir(cfg: FinetuneConfig, s: Setup) -> None:

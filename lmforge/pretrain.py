@@ -92,8 +92,7 @@ def pretrain(cfg: RunConfig, resume: bool = False) -> dict:
     # 1. the run dir: resume needs a complete checkpoint; a fresh run never overwrites one
     latest = check_run_dir_state(run_dir, resume)
 
-    dist = init_distributed(cfg.distributed, train.device)
-    try:
+    with init_distributed(cfg.distributed, train.device) as dist:
         cfg.distributed.global_batch(train.batch_size, dist.world_size, train.grad_accum)
         with torch_threads(train.threads):
             seed_everything(cfg.seed)
@@ -101,13 +100,7 @@ def pretrain(cfg: RunConfig, resume: bool = False) -> dict:
             # then the other ranks, which read what it wrote
             tokenizer, model_cfg, objective, shards, tok_hash = main_first(
                 dist, lambda: prepare(cfg, resume, latest, dist.is_main))
-            summary = _train(cfg, resume, dist, tokenizer, model_cfg, objective, shards,
-                             tok_hash)
-    except BaseException:
-        dist.close(clean=False)
-        raise
-    dist.close()
-    return summary
+            return _train(cfg, resume, dist, tokenizer, model_cfg, objective, shards, tok_hash)
 
 
 def _train(cfg: RunConfig, resume: bool, dist, tokenizer, model_cfg, objective, shards,

@@ -166,6 +166,14 @@ class Dist:
             td.destroy_process_group()
         self.owns_group = False
 
+    def __enter__(self) -> Dist:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """`with dist:` closes the group on the way out: after every rank's wait when the
+        block ended normally, at once when it raised."""
+        self.close(clean=exc_type is None)
+
     def _all_finished(self) -> None:
         """Return once every rank has finished its last collective. Through the store, not
         a collective: a gloo rank that tears its connections down while its last sends
