@@ -103,23 +103,22 @@ def measure_matmul_flops(
 
 
 def peak_flops(device: torch.device | str, precision: str = "fp32") -> tuple[float, str]:
-    """(peak FLOP/s, where the figure comes from) for MFU on `device`."""
+    """(peak FLOP/s, where the figure comes from) for MFU on `device`, in the precision
+    the matmuls run in: under bf16 autocast a CPU with native bf16 (AMX, avx512_bf16)
+    multiplies faster than in fp32, and against the fp32 ceiling a run could report an
+    MFU above 1."""
     device = torch.device(device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = gpu_peak_flops(name, precision)
         if peak:
             return peak, f"{name} data sheet ({precision})"
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
         return measure_matmul_flops(4096, dtype, device="cuda"), f"{name} measured matmul"
-    # the ceiling of the dtype the matmuls run in: under bf16 autocast a CPU with native
-    # bf16 (AMX, avx512_bf16) multiplies faster than in fp32, and against the fp32
-    # ceiling a run could report an MFU above 1
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+    label = precision if dtype != torch.float32 else "fp32"
     threads = torch.get_num_threads()
     return (measure_matmul_flops(dtype=dtype),
-            f"CPU {name} matmul ceiling, {threads} threads (measured)")
+            f"CPU {label} matmul ceiling, {threads} threads (measured)")
 
 
 def mfu(flops_per_tok: float, tokens_per_s: float, peak: float) -> float:
