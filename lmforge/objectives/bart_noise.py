@@ -27,7 +27,7 @@ the spans by random tokens (`random_ratio=0.1`).
 
 Every function takes a 1-D sequence of content tokens (no <s> / </s>: the objective adds
 those around both sides) and returns (encoder_input, target), int64 arrays. With
-`return_hidden=True` the masking functions and `bart_noise` also return `hidden`, a bool
+`return_hidden=True` `bart_noise` also returns `hidden`, a bool
 array over the target's positions: True where the encoder input does not show that token
 (removed by a span, masked, replaced by a random token, deleted, or cut by `max_len`), the
 tokens the model must infer rather than copy. It is computed from the draws the noise makes
@@ -92,14 +92,11 @@ def _token_masking(tokens, rng, *, mask_id, ratio, random_ratio, vocab_size, spe
 
 def token_masking(tokens, rng: np.random.Generator, *, mask_id: int, ratio: float = 0.3,
                   random_ratio: float = 0.0, vocab_size: int | None = None,
-                  special_ids: Iterable[int] = (), return_hidden: bool = False):
+                  special_ids: Iterable[int] = ()):
     """ceil(n * ratio) distinct random tokens -> [MASK] (or, each with probability
-    random_ratio, a random non-special token). `return_hidden`: also the bool mask of the
-    masked / replaced positions."""
-    out, ids, origin = _token_masking(tokens, rng, mask_id=mask_id, ratio=ratio,
-                                      random_ratio=random_ratio, vocab_size=vocab_size,
-                                      special_ids=special_ids)
-    return (out, ids, hidden_positions(origin, len(ids))) if return_hidden else (out, ids)
+    random_ratio, a random non-special token)."""
+    return _token_masking(tokens, rng, mask_id=mask_id, ratio=ratio, random_ratio=random_ratio,
+                          vocab_size=vocab_size, special_ids=special_ids)[:2]
 
 
 def _token_deletion(tokens, rng, *, ratio):
@@ -112,12 +109,9 @@ def _token_deletion(tokens, rng, *, ratio):
     return ids[keep], ids, np.flatnonzero(keep)
 
 
-def token_deletion(tokens, rng: np.random.Generator, *, ratio: float = 0.3,
-                   return_hidden: bool = False):
-    """ceil(n * ratio) distinct random tokens removed (at least one token is kept).
-    `return_hidden`: also the bool mask of the deleted positions."""
-    out, ids, origin = _token_deletion(tokens, rng, ratio=ratio)
-    return (out, ids, hidden_positions(origin, len(ids))) if return_hidden else (out, ids)
+def token_deletion(tokens, rng: np.random.Generator, *, ratio: float = 0.3):
+    """ceil(n * ratio) distinct random tokens removed (at least one token is kept)."""
+    return _token_deletion(tokens, rng, ratio=ratio)[:2]
 
 
 def hidden_positions(origin: np.ndarray, n: int) -> np.ndarray:
@@ -205,16 +199,13 @@ def _text_infilling(tokens, rng, *, mask_id, ratio, poisson_lambda, word_starts,
 
 def text_infilling(tokens, rng: np.random.Generator, *, mask_id: int, ratio: float = 0.3,
                    poisson_lambda: float = 3.0, word_starts=None, random_ratio: float = 0.0,
-                   vocab_size: int | None = None, special_ids: Iterable[int] = (),
-                   return_hidden: bool = False):
+                   vocab_size: int | None = None, special_ids: Iterable[int] = ()):
     """Spans covering ceil(n * ratio) tokens (words, with `word_starts`) with lengths ~
-    Poisson(poisson_lambda), each replaced by one [MASK]; zero-length spans insert one.
-    `return_hidden`: also the bool mask of the tokens the spans removed."""
-    out, ids, origin = _text_infilling(tokens, rng, mask_id=mask_id, ratio=ratio,
-                                       poisson_lambda=poisson_lambda, word_starts=word_starts,
-                                       random_ratio=random_ratio, vocab_size=vocab_size,
-                                       special_ids=special_ids)
-    return (out, ids, hidden_positions(origin, len(ids))) if return_hidden else (out, ids)
+    Poisson(poisson_lambda), each replaced by one [MASK]; zero-length spans insert one."""
+    return _text_infilling(tokens, rng, mask_id=mask_id, ratio=ratio,
+                           poisson_lambda=poisson_lambda, word_starts=word_starts,
+                           random_ratio=random_ratio, vocab_size=vocab_size,
+                           special_ids=special_ids)[:2]
 
 
 # -- sentence permutation and document rotation -------------------------------------------

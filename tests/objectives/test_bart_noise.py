@@ -404,15 +404,3 @@ def test_return_hidden_leaves_outputs_and_stream_alone(kw):
         np.testing.assert_array_equal(tgt, tgt2)
         assert rng_state(a) == rng_state(b) and a.random() == b.random()
         assert hidden.shape == ids.shape
-    # and the public masking functions
-    for fn, kw in ((text_infilling, {"mask_id": MASK, "word_starts": ws}),
-                   (token_masking, {"mask_id": MASK}), (token_deletion, {})):
-        a, b = np.random.default_rng(3), np.random.default_rng(3)
-        out = fn(ids, a, **kw)
-        out2 = fn(ids, b, return_hidden=True, **kw)
-        np.testing.assert_array_equal(out[0], out2[0])
-        assert rng_state(a) == rng_state(b) and len(out2) == 3
-        src, tgt, hidden = out2
-        assert src[src != MASK].tolist() == tgt[~hidden].tolist()  # in order: no permutation
-        if fn is not text_infilling:  # (infilling hides whole words: 30% of the words)
-            assert hidden.sum() == math.ceil(len(ids) * 0.3)
